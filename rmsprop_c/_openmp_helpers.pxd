@@ -1,0 +1,16 @@
+# One shim for the OpenMP runtime calls: a build without OpenMP gets serial stand-ins, so the
+# rest of the Cython code never needs an #ifdef.
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define RC_OPENMP_ENABLED 1
+    #else
+    #define RC_OPENMP_ENABLED 0
+    static inline int omp_get_max_threads(void) { return 1; }
+    static inline int omp_get_thread_num(void) { return 0; }
+    #endif
+    """
+    bint RC_OPENMP_ENABLED
+    int omp_get_max_threads() noexcept nogil
+    int omp_get_thread_num() noexcept nogil
