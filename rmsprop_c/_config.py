@@ -72,3 +72,19 @@ def show_config(mode="stdout"):
     ]
     print("\n".join(lines))
     return None
+
+
+def main(argv=None):
+    """``python -m rmsprop_c info``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rmsprop_c info",
+                                     description="Show the build and runtime configuration.")
+    parser.add_argument("--json", action="store_true", help="print the facts as JSON")
+    args = parser.parse_args(argv)
+    if args.json:
+        import json
+        print(json.dumps(config(), indent=2))
+    else:
+        show_config()
+    return 0
