@@ -148,6 +148,9 @@ setup(
             "language_level": 3,
             "cdivision": True,
             "initializedcheck": False,
+            # No generated pickle helpers or doctest dict: nothing to pickle, stub stays exact.
+            "auto_pickle": False,
+            "autotestdict": False,
         },
     ),
     cmdclass={"build_ext": BuildExt},

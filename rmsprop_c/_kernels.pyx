@@ -703,11 +703,10 @@ cdef class MultiTensorStep:
         self.group_hyper = <rc_hyper *>calloc(max(n_groups, 1), sizeof(rc_hyper))
         self.group_options = <Options *>calloc(max(n_groups, 1), sizeof(Options))
         self.group_steps = <long long *>calloc(max(n_groups, 1), sizeof(long long))
-        self.writable_ranges = <uintptr_t *>calloc(2 * 4 * max(n, 1), sizeof(uintptr_t))
         if (self.buffers == NULL or self.offsets == NULL or self.tensor_group == NULL
                 or self.tensor_dtype == NULL or self.tensor_kernel == NULL
                 or self.group_hyper == NULL or self.group_options == NULL
-                or self.group_steps == NULL or self.writable_ranges == NULL):
+                or self.group_steps == NULL):
             raise MemoryError()
         self.params = list(params)
         self.states = [dict(state) for state in states]
@@ -749,6 +748,9 @@ cdef class MultiTensorStep:
         for i in range(1, len(ranges)):
             if ranges[i][0] < ranges[i - 1][0] + ranges[i - 1][1]:
                 raise ValueError(f"{ranges[i - 1][2]} and {ranges[i][2]} share memory")
+        self.writable_ranges = <uintptr_t *>calloc(2 * max(len(ranges), 1), sizeof(uintptr_t))
+        if self.writable_ranges == NULL:
+            raise MemoryError()
         self.n_writable = len(ranges)
         for i in range(self.n_writable):
             self.writable_ranges[2 * i] = ranges[i][0]

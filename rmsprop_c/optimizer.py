@@ -345,28 +345,33 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         """
         path = os.fspath(path)
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                names = set(archive.files)
-                if _META_KEY not in names:
-                    raise ValueError(f"{path} is not an rmsprop_c checkpoint (no metadata)")
-                meta = json.loads(str(archive[_META_KEY][()]))
-                if not isinstance(meta, dict) or not isinstance(meta.get("layout"), list):
-                    raise ValueError(f"{path} has malformed metadata")
-                expected = {_META_KEY}
-                states = []
-                for index, keys in enumerate(meta["layout"]):
-                    if not isinstance(keys, list):
+            # Our own handle: np.load leaves the file open when the zip is truncated.
+            with open(path, "rb") as handle:
+                archive = np.load(handle, allow_pickle=False)
+                if not isinstance(archive, np.lib.npyio.NpzFile):
+                    raise ValueError(f"{path} is not an rmsprop_c checkpoint (not an .npz)")
+                with archive:
+                    names = set(archive.files)
+                    if _META_KEY not in names:
+                        raise ValueError(f"{path} is not an rmsprop_c checkpoint (no metadata)")
+                    meta = json.loads(str(archive[_META_KEY][()]))
+                    if not isinstance(meta, dict) or not isinstance(meta.get("layout"), list):
                         raise ValueError(f"{path} has malformed metadata")
-                    buffers = {}
-                    for key in keys:
-                        name = f"state/{index}/{key}"
-                        if name not in names:
-                            raise ValueError(f"{path} lacks the array {name}")
-                        buffers[key] = archive[name]
-                        expected.add(name)
-                    states.append(buffers)
-                if names != expected:
-                    raise ValueError(f"{path} holds unexpected arrays {sorted(names - expected)}")
+                    expected = {_META_KEY}
+                    states = []
+                    for index, keys in enumerate(meta["layout"]):
+                        if not isinstance(keys, list):
+                            raise ValueError(f"{path} has malformed metadata")
+                        buffers = {}
+                        for key in keys:
+                            name = f"state/{index}/{key}"
+                            if name not in names:
+                                raise ValueError(f"{path} lacks the array {name}")
+                            buffers[key] = archive[name]
+                            expected.add(name)
+                        states.append(buffers)
+                    if names != expected:
+                        raise ValueError(f"{path} holds unexpected arrays {sorted(names - expected)}")
         except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError,
                 UnicodeDecodeError) as error:
             if isinstance(error, FileNotFoundError):

@@ -1,0 +1,79 @@
+"""Type stub of the compiled module rmsprop_c._kernels (checked by mypy.stubtest)."""
+
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import disjoint_base
+
+SIMD_NAMES: tuple[str, ...]
+GROUP_KEYS: tuple[str, ...]
+
+_FloatArray = npt.NDArray[np.floating[Any]]
+
+def simd_targets_built() -> tuple[str, ...]: ...
+def simd_targets_supported() -> tuple[str, ...]: ...
+def get_simd_target() -> str: ...
+def set_simd_target(name: str | None) -> str: ...
+def build_info() -> dict[str, Any]: ...
+def openmp_enabled() -> bool: ...
+def max_threads() -> int: ...
+def forked_after_parallel() -> bool: ...
+def group_key_names(index: int) -> tuple[str, ...]: ...
+def rmsprop_step(
+    param: _FloatArray,
+    grad: _FloatArray,
+    square_avg: _FloatArray,
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    centered: bool = False,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    amsgrad: bool = False,
+    bias_correction: bool = False,
+    eps_in_sqrt: bool = False,
+    lr_in_momentum: bool = False,
+    step: int = 1,
+    n_threads: int | None = None,
+    momentum_buffer: _FloatArray | None = None,
+    grad_avg: _FloatArray | None = None,
+    max_square_avg: _FloatArray | None = None,
+) -> None: ...
+def same_traffic_step(
+    param: _FloatArray,
+    grad: _FloatArray,
+    square_avg: _FloatArray,
+    *,
+    momentum_buffer: _FloatArray | None = None,
+    grad_avg: _FloatArray | None = None,
+    max_square_avg: _FloatArray | None = None,
+    n_threads: int | None = None,
+) -> None: ...
+
+@disjoint_base
+class MultiTensorStep:
+    def __init__(
+        self,
+        params: list[_FloatArray],
+        group_of_param: list[int],
+        states: list[dict[str, _FloatArray]],
+        n_groups: int,
+    ) -> None: ...
+    @property
+    def total_elements(self) -> int: ...
+    def get_steps(self) -> list[int]: ...
+    def set_steps(self, steps: Sequence[int]) -> None: ...
+    def check_groups(self, param_groups: list[dict[str, Any]]) -> None: ...
+    def validate(self, grads: Sequence[_FloatArray], param_groups: list[dict[str, Any]]) -> None: ...
+    def step(
+        self,
+        grads: Sequence[_FloatArray],
+        param_groups: list[dict[str, Any]],
+        n_threads: int | None = None,
+        skip_nonfinite: bool = False,
+    ) -> bool: ...
