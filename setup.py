@@ -26,7 +26,7 @@ from setuptools.command.build_ext import build_ext
 # rounds once instead of twice and breaks bit-exactness with the NumPy reference.
 # -fno-math-errno only lets sqrt compile to the sqrt instruction (no errno branch); it does
 # not change any result. Never -ffast-math or -march=native: see DESIGN.md.
-BASE_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno"]
+BASE_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-g0"]
 
 OPENMP_PROBE = textwrap.dedent(
     """
@@ -103,12 +103,22 @@ class BuildExt(build_ext):
                 targets.append(name)
         return targets
 
+    def _compiler_version(self):
+        """First line of `<compiler> --version`, for show_config()."""
+        executable = self.compiler.compiler_so[0]
+        try:
+            output = subprocess.run([executable, "--version"], capture_output=True, text=True,
+                                    timeout=30).stdout
+            return output.splitlines()[0].replace('"', "'") if output else executable
+        except (OSError, subprocess.SubprocessError):
+            return executable
+
     def build_extensions(self):
         openmp = self._openmp_flags()
         simd = self._simd_targets()
         extra = os.environ.get("RMSPROP_C_EXTRA_CFLAGS", "").split()
         compile_flags = BASE_FLAGS + openmp + extra
-        compiler = " ".join(self.compiler.compiler_so[:1])
+        compiler = self._compiler_version()
         for ext in self.extensions:
             ext.extra_compile_args = compile_flags
             ext.extra_link_args = openmp + extra
