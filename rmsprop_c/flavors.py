@@ -83,7 +83,8 @@ FLAVORS: Mapping[str, Flavor] = MappingProxyType({flavor.name: flavor for flavor
     _flavor(
         "optax",
         "optax.rmsprop: decay 0.9, eps 1e-8 inside the sqrt, initial_scale 0; momentum is "
-        "optax.trace after the lr scaling (buffer holds lr*u), with nesterov; optional "
+        "optax.trace after the lr scaling (its trace holds -lr*u, ours +lr*u), with nesterov; "
+        "optional "
         "bias_correction; no default learning rate.",
         lr=None, alpha=0.9, eps=1e-8, eps_in_sqrt=True, lr_in_momentum=True,
     ),
