@@ -230,9 +230,9 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
     def load_state_dict(self, state_dict):
         """Restore a :meth:`state_dict`; everything is checked before anything changes.
 
-        Raises ValueError (or TypeError for a wrong dtype) naming what does not match: format
-        version, number of groups or tensors, group membership, state layout (momentum,
-        centered, amsgrad), shapes, dtypes, non-finite state, hyperparameters out of range.
+        Raises ValueError naming what does not match: format version, number of groups or tensors, group membership, state layout (momentum,
+        centered, amsgrad), shapes, dtypes, non-finite state, hyperparameters out of range
+        (TypeError only for a state_dict that is not a dict or holds non-arrays).
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
@@ -286,9 +286,9 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
                 array = saved[key]
                 if not isinstance(array, np.ndarray):
                     raise TypeError(f"{where}['{key}'] must be a numpy.ndarray")
-                if array.dtype != live.dtype:
-                    raise TypeError(f"{where}['{key}'] has dtype {array.dtype}, "
-                                    f"expected {live.dtype}")
+                if array.dtype != live.dtype:     # DESIGN: wrong dtype on load is a ValueError
+                    raise ValueError(f"{where}['{key}'] has dtype {array.dtype}, "
+                                     f"expected {live.dtype}")
                 if array.shape != live.shape:
                     raise ValueError(f"{where}['{key}'] has shape {array.shape}, "
                                      f"expected {live.shape}")
@@ -340,8 +340,8 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
     def load(self, path):
         """Restore the state written by :meth:`save`; checks everything first.
 
-        A truncated, foreign or mismatched file raises ValueError (TypeError for a wrong
-        dtype) and leaves the optimizer exactly as it was.
+        A truncated, foreign or mismatched file raises ValueError and leaves the optimizer
+        exactly as it was.
         """
         path = os.fspath(path)
         try:
