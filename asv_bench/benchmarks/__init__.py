@@ -1,0 +1,1 @@
+"""asv benchmarks of rmsprop_c: one concern per module, shared data builders in ``common``."""
