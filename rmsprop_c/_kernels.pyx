@@ -430,6 +430,29 @@ cdef void _run_single(rc_kernel_fn kernel, const rc_hyper *hyper, const rc_buffe
 # ---------------------------------------------------------------------------------------
 # Functional API
 
+cdef int _check_disjoint(list arrays, list names) except -1:
+    """ValueError naming the first two buffers that share memory."""
+    cdef Py_ssize_t first, second
+    for first in range(len(arrays)):
+        for second in range(first + 1, len(arrays)):
+            if _overlap(<cnp.ndarray>arrays[first], <cnp.ndarray>arrays[second]):
+                raise ValueError(f"{names[first]} and {names[second]} share memory")
+    return 0
+
+
+cdef void *_state_buffer(object value, str name, cnp.ndarray param_array, list arrays,
+                         list names) except? NULL:
+    """Data pointer of an optional state buffer checked like `param` (NULL when None)."""
+    if value is None:
+        return NULL
+    cdef cnp.ndarray array = _check_array(value, name, True)
+    _check_like(array, param_array, name, "param")
+    arrays.append(array)
+    names.append(name)
+    return cnp.PyArray_DATA(array)
+
+
+
 def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, nesterov=False,
                  centered=False, weight_decay=0.0, decoupled_weight_decay=False,
                  maximize=False, amsgrad=False, bias_correction=False, eps_in_sqrt=False,
@@ -518,37 +541,19 @@ def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, neste
     buffers.grad = cnp.PyArray_DATA(grad_array)
     buffers.square_avg = cnp.PyArray_DATA(square_avg_array)
 
-    cdef cnp.ndarray state_array
-    if momentum_buffer is not None:
-        state_array = _check_array(momentum_buffer, "momentum_buffer", True)
-        _check_like(state_array, param_array, "momentum_buffer", "param")
-        arrays.append(state_array)
-        names.append("momentum_buffer")
-        buffers.momentum_buffer = cnp.PyArray_DATA(state_array)
-    elif options.momentum != 0.0:
+    buffers.momentum_buffer = _state_buffer(momentum_buffer, "momentum_buffer", param_array,
+                                            arrays, names)
+    if buffers.momentum_buffer == NULL and options.momentum != 0.0:
         raise ValueError("momentum > 0 needs a momentum_buffer")
-    if grad_avg is not None:
-        state_array = _check_array(grad_avg, "grad_avg", True)
-        _check_like(state_array, param_array, "grad_avg", "param")
-        arrays.append(state_array)
-        names.append("grad_avg")
-        buffers.grad_avg = cnp.PyArray_DATA(state_array)
-    elif options.centered:
+    buffers.grad_avg = _state_buffer(grad_avg, "grad_avg", param_array, arrays, names)
+    if buffers.grad_avg == NULL and options.centered:
         raise ValueError("centered=True needs a grad_avg buffer")
-    if max_square_avg is not None:
-        state_array = _check_array(max_square_avg, "max_square_avg", True)
-        _check_like(state_array, param_array, "max_square_avg", "param")
-        arrays.append(state_array)
-        names.append("max_square_avg")
-        buffers.max_square_avg = cnp.PyArray_DATA(state_array)
-    elif options.amsgrad:
+    buffers.max_square_avg = _state_buffer(max_square_avg, "max_square_avg", param_array,
+                                           arrays, names)
+    if buffers.max_square_avg == NULL and options.amsgrad:
         raise ValueError("amsgrad=True needs a max_square_avg buffer")
 
-    cdef Py_ssize_t first, second
-    for first in range(len(arrays)):
-        for second in range(first + 1, len(arrays)):
-            if _overlap(<cnp.ndarray>arrays[first], <cnp.ndarray>arrays[second]):
-                raise ValueError(f"{names[first]} and {names[second]} share memory")
+    _check_disjoint(arrays, names)
 
     cdef rc_hyper hyper
     _fill_hyper(&options, step_count, &hyper)
@@ -577,24 +582,20 @@ def same_traffic_step(param, grad, square_avg, *, momentum_buffer=None, grad_avg
     buffers.param = cnp.PyArray_DATA(param_array)
     buffers.grad = cnp.PyArray_DATA(grad_array)
     buffers.square_avg = cnp.PyArray_DATA(square_avg_array)
+    cdef list arrays = [param_array, grad_array, square_avg_array]
+    cdef list names = ["param", "grad", "square_avg"]
+    buffers.momentum_buffer = _state_buffer(momentum_buffer, "momentum_buffer", param_array,
+                                            arrays, names)
+    buffers.grad_avg = _state_buffer(grad_avg, "grad_avg", param_array, arrays, names)
+    buffers.max_square_avg = _state_buffer(max_square_avg, "max_square_avg", param_array,
+                                           arrays, names)
+    # The variant whose buffers these are: it selects the same-traffic kernel.
     cdef Options options
     memset(&options, 0, sizeof(Options))
-    cdef cnp.ndarray state_array
-    for value, name in ((momentum_buffer, "momentum_buffer"), (grad_avg, "grad_avg"),
-                        (max_square_avg, "max_square_avg")):
-        if value is None:
-            continue
-        state_array = _check_array(value, name, True)
-        _check_like(state_array, param_array, name, "param")
-        if name == "momentum_buffer":
-            buffers.momentum_buffer = cnp.PyArray_DATA(state_array)
-            options.momentum = 1.0
-        elif name == "grad_avg":
-            buffers.grad_avg = cnp.PyArray_DATA(state_array)
-            options.centered = True
-        else:
-            buffers.max_square_avg = cnp.PyArray_DATA(state_array)
-            options.amsgrad = True
+    options.momentum = 1.0 if buffers.momentum_buffer != NULL else 0.0
+    options.centered = buffers.grad_avg != NULL
+    options.amsgrad = buffers.max_square_avg != NULL
+    _check_disjoint(arrays, names)
     cdef rc_hyper hyper
     memset(&hyper, 0, sizeof(rc_hyper))
     cdef rc_kernel_fn kernel = rc_get_traffic_kernel(
