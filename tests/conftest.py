@@ -1,8 +1,11 @@
 """Shared helpers for the test-suite."""
 
+import os
+
 import numpy as np
 import pytest
 
+import rmsprop_c as rc
 from rmsprop_c import _kernels
 
 STATE_NAMES = ("square_avg", "momentum_buffer", "grad_avg", "max_square_avg")
@@ -38,3 +41,12 @@ def restore_simd():
     previous = _kernels.get_simd_target()
     yield
     _kernels.set_simd_target(previous)
+
+
+def child_environment(**variables):
+    """os.environ plus `variables`, importing the same rmsprop_c as this process."""
+    environment = dict(os.environ, **variables)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rc.__file__)))
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [package_root] + [p for p in [environment.get("PYTHONPATH")] if p])
+    return environment

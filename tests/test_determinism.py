@@ -17,6 +17,8 @@ from rmsprop_c import _kernels
 from rmsprop_c import reference
 from rmsprop_c.reference import ReferenceRMSprop
 
+from conftest import child_environment
+
 SERIAL_THRESHOLD = _kernels.build_info()["serial_threshold"]
 # 3 thresholds + an odd tail: large enough for 5 workers (a worker needs half a threshold),
 # and the tail is not a multiple of any SIMD width.
@@ -164,14 +166,6 @@ def test_thread_count_really_splits_the_work():
     assert child.returncode == 0, child.stderr
     assert int(child.stdout) >= n_threads - 1      # the calling thread is the first worker
 
-
-def child_environment(**variables):
-    """os.environ plus `variables`, importing the same rmsprop_c as this process."""
-    environment = dict(os.environ, **variables)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rc.__file__)))
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [package_root] + [p for p in [environment.get("PYTHONPATH")] if p])
-    return environment
 
 
 def import_in_child(simd_value):

@@ -17,6 +17,8 @@ import pytest
 
 import rmsprop_c as rc
 
+from conftest import child_environment
+
 # Generous: a scenario takes about a second; a loaded 2-core CI machine may be slow.
 TIMEOUT_SECONDS = 90
 
@@ -36,7 +38,7 @@ import numpy as np
 import rmsprop_c as rc
 from rmsprop_c.reference import ReferenceRMSprop
 
-SIZES = [1 << 16, 1000]       # total above the serial threshold of 1 << 16
+SIZES = [1 << 16, 1000]       # total well above the serial threshold (16384 elements)
 OPTIONS = dict(lr=1e-2, momentum=0.9, centered=True, bias_correction=True)
 N_STEPS = 3
 
@@ -234,14 +236,6 @@ SCENARIOS = ["os_fork", "os_fork_grandchild", "functional_step_in_child",
              "fork_before_any_parallel_step", "multiprocessing_process",
              "multiprocessing_pool"]
 
-
-def child_environment(**variables):
-    """os.environ plus `variables`, importing the same rmsprop_c as this process."""
-    environment = dict(os.environ, **variables)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rc.__file__)))
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [package_root] + [p for p in [environment.get("PYTHONPATH")] if p])
-    return environment
 
 
 @pytest.fixture(scope="module")

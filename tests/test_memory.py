@@ -20,6 +20,8 @@ import rmsprop_c as rc
 from rmsprop_c import _kernels
 from rmsprop_c import reference
 
+from conftest import child_environment
+
 SERIAL_THRESHOLD = _kernels.build_info()["serial_threshold"]
 
 # 512 KiB: a per-step leak of the smallest heap block (glibc's 32-byte chunk) or of one
@@ -91,14 +93,6 @@ after = peak_rss_bytes()
 print(before, middle, after)
 '''
 
-
-def child_environment(**variables):
-    """os.environ plus `variables`, importing the same rmsprop_c as this process."""
-    environment = dict(os.environ, **variables)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(rc.__file__)))
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [package_root] + [p for p in [environment.get("PYTHONPATH")] if p])
-    return environment
 
 
 def test_many_small_steps_do_not_grow_peak_rss(tmp_path):
