@@ -7,7 +7,7 @@
  *
  * Exactness: one IEEE operation at a time, in the buffer dtype, in the order of
  * rmsprop_c/reference.py. The build passes -ffp-contract=off (no FMA fusion) and never
- * -ffast-math; -fno-math-errno only lets sqrt become the sqrt instruction (same result).
+ * fast-math; -fno-math-errno only lets sqrt become the sqrt instruction (same result).
  * This header must not include anything: the system headers come before the target pragma.
  */
 
