@@ -25,7 +25,8 @@ from setuptools.command.build_ext import build_ext
 # -ffp-contract=off: GCC fuses a*b+c into an FMA by default when the target has one, which
 # rounds once instead of twice and breaks bit-exactness with the NumPy reference.
 # -fno-math-errno only lets sqrt compile to the sqrt instruction (no errno branch); it does
-# not change any result. Never -ffast-math or -march=native: see DESIGN.md.
+# not change any result. -g0: no debug info (720 kernel instances would make a 12 MB module).
+# Never fast-math or native-arch flags: see DESIGN.md.
 BASE_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-g0"]
 
 OPENMP_PROBE = textwrap.dedent(
