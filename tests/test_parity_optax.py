@@ -41,6 +41,9 @@ import pytest
 
 import rmsprop_c
 
+from parity_model import (DTYPES, N_STEPS, make_model_and_gradients,
+                           relative_error_in_eps)
+
 if os.environ.get("RMSPROP_C_ALLOW_MISSING_COMPAT") == "1":
     jax = pytest.importorskip("jax")
     optax = pytest.importorskip("optax")
@@ -50,12 +53,6 @@ else:
     import jax.numpy as jnp
     import optax
 
-N_STEPS = 30
-# A dense layer, its bias, a second dense layer, its bias, a conv kernel; each tensor gets
-# its own gradient scale so eps matters more for some tensors than for others.
-MODEL_SHAPES = ((24, 32), (32,), (32, 10), (10,), (8, 3, 3, 3))
-GRADIENT_SCALES = (1.0, 0.05, 3.0, 0.2, 0.01)
-DTYPES = (np.float64, np.float32)
 
 # Tolerance derivation. Per step the two sides differ by a handful of roundings (each at
 # most 0.5 ulp of an intermediate, plus XLA's rsqrt error): g * rsqrt(v + eps) against
@@ -110,26 +107,6 @@ def our_arguments(options):
                 centered=options["centered"], eps_in_sqrt=options["eps_in_sqrt"],
                 bias_correction=options["bias_correction"],
                 initial_accumulator_value=options["initial_scale"])
-
-
-def make_model_and_gradients(seed, dtype, n_steps=N_STEPS):
-    """Parameters and per-step gradients: a fixed drift plus fresh noise, never constant."""
-    rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(shape).astype(dtype) for shape in MODEL_SHAPES]
-    drifts = [0.5 * scale * rng.standard_normal(shape)
-              for shape, scale in zip(MODEL_SHAPES, GRADIENT_SCALES)]
-    gradient_steps = [
-        [(drift + scale * rng.standard_normal(shape)).astype(dtype)
-         for shape, scale, drift in zip(MODEL_SHAPES, GRADIENT_SCALES, drifts)]
-        for _ in range(n_steps)
-    ]
-    return params, gradient_steps
-
-
-def relative_error_in_eps(actual, expected):
-    """max|actual - expected| / max|expected|, in units of the dtype's machine epsilon."""
-    difference = np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-    return difference / np.max(np.abs(expected)) / np.finfo(actual.dtype).eps
 
 
 def smallest_relative_variance(state, bias):
