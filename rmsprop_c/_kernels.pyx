@@ -96,8 +96,8 @@ cdef extern from *:
 SIMD_NAMES = ("baseline", "avx2", "avx512")
 
 # Below this many elements a step runs on the calling thread: a fork/join costs more than it
-# saves. Measured on 2 cores (float32 plain, back to back): 2 threads break even near 9K
-# elements and gain 1.3x at 16K, 1.5x at 32K (`python -m rmsprop_c bench --sections threshold`).
+# saves. Measured on 2 cores (float32 plain, back to back): 2 threads break even at 10-16K
+# elements and gain 1.3x at 32K, 1.6x at 64K (`python -m rmsprop_c bench --sections threshold`).
 cdef Py_ssize_t SERIAL_THRESHOLD = 1 << 14
 # Each thread's share starts on a 64-element boundary (whole cache lines for float32/64).
 cdef Py_ssize_t SPLIT_ALIGNMENT = 64
@@ -619,6 +619,11 @@ def group_key_names(Py_ssize_t index):
     return tuple(f"param_groups[{index}]['{key}']" for key in GROUP_KEYS)
 
 
+cdef str _group_name(tuple names):
+    """'param_groups[i]' from the group's key names ("param_groups[i]['lr']", ...)."""
+    return names[0][:-len("['lr']")]
+
+
 cdef int _read_group(dict group, tuple names, Options *options) except -1:
     """Options of one param group dict, range-checked; errors name the group and key."""
     try:
@@ -636,8 +641,8 @@ cdef int _read_group(dict group, tuple names, Options *options) except -1:
         options.eps_in_sqrt = group["eps_in_sqrt"]
         options.lr_in_momentum = group["lr_in_momentum"]
     except KeyError as missing:
-        raise ValueError(f"{names[0].split('[')[0]}[...] lacks the key {missing}") from None
-    _check_options(options, names[0][:-len("['lr']")] + " ")
+        raise ValueError(f"{_group_name(names)} lacks the key {missing}") from None
+    _check_options(options, _group_name(names) + " ")
     return 0
 
 

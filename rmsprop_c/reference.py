@@ -83,6 +83,9 @@ def _optimizer_base():
     return RMSprop
 
 
+from rmsprop_c._kernels import GROUP_KEYS  # noqa: E402  the options a step reads per group
+
+
 class ReferenceRMSprop(_optimizer_base()):
     """:class:`rmsprop_c.RMSprop` whose step runs :func:`rmsprop_step` tensor by tensor.
 
@@ -97,7 +100,7 @@ class ReferenceRMSprop(_optimizer_base()):
             return False
         steps = self._engine.get_steps()
         for group_index, group in enumerate(self.param_groups):
-            options = {key: group[key] for key in _KERNEL_KEYS}
+            options = {key: group[key] for key in GROUP_KEYS}
             for index in self._group_members[group_index]:
                 state = self.state[index]
                 rmsprop_step(self._params[index], grads[index], state["square_avg"],
@@ -108,7 +111,3 @@ class ReferenceRMSprop(_optimizer_base()):
         self._engine.set_steps([s + 1 for s in steps])
         return True
 
-
-_KERNEL_KEYS = ("lr", "alpha", "eps", "momentum", "nesterov", "centered", "weight_decay",
-                "decoupled_weight_decay", "maximize", "amsgrad", "bias_correction",
-                "eps_in_sqrt", "lr_in_momentum")

@@ -289,3 +289,12 @@ def test_turning_on_momentum_without_a_buffer_is_refused():
     with pytest.raises(ValueError, match="momentum"):
         opt.step(good_grads(params))
     assert optimizer_snapshot(opt) == before
+
+
+def test_group_missing_a_key_is_named():
+    opt, params = make_optimizer()
+    del opt.param_groups[0]["eps"]
+    before = optimizer_snapshot(opt)
+    with pytest.raises(ValueError, match=r"param_groups\[0\] lacks the key 'eps'"):
+        opt.step(good_grads(params))
+    assert optimizer_snapshot(opt) == before
