@@ -68,7 +68,8 @@ def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, cente
                  nesterov=False, weight_decay=0.0, decoupled_weight_decay=False,
                  maximize=False, amsgrad=False, bias_correction=False, eps_in_sqrt=False,
                  lr_in_momentum=False, grad_scale=1.0, clip_value=INFINITY, step=1,
-                 n_threads=None, momentum_buffer=None, grad_avg=None, max_square_avg=None):
+                 n_threads=None, momentum_buffer=None, grad_avg=None, max_square_avg=None,
+                 rounding="nearest", seed=0, tensor_index=0, param_copy=None):
     """Apply one fused RMSprop update to one tensor, in place.
 
     The update is the one of ``rmsprop_c.reference.rmsprop_step`` (the spec, in NumPy; see
@@ -105,12 +106,30 @@ def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, cente
         in this process; k: k threads (at most the CPU count). Results are identical either way.
     momentum_buffer, grad_avg, max_square_avg : numpy.ndarray or None
         State buffers, same dtype and shape as ``param``, updated in place. # OUT
+    rounding : {"nearest", "stochastic"}, default "nearest"
+        How bfloat16 params and state are stored: to nearest-even, or stochastically with
+        bits keyed by (seed, step, tensor_index, element). float16 stores and the param copy
+        always round to nearest.
+    seed : int, default 0
+        Key of the stochastic bits, in [0, 2**64).
+    tensor_index : int, default 0
+        The tensor's part of that key (``RMSprop`` uses the param's index).
+    param_copy : numpy.ndarray or None
+        bfloat16 or float16 array that receives the updated float32 param, rounded to
+        nearest, in the same pass. # OUT
+
+    Notes
+    -----
+    Low precision (docs/low-precision.md): a float32 param takes float32, bfloat16 or
+    float16 grads and float32 or bfloat16 state; a bfloat16 param takes the same grads and
+    float32 or bfloat16 state. The state dtype is the dtype of the state buffers (all
+    alike). Arithmetic is float32; each low-precision buffer is rounded once on store.
 
     Raises
     ------
     TypeError
-        A buffer that is not a float32/float64 ndarray, dtypes that differ, or an option of
-        the wrong type.
+        A buffer that is not a float32/float64 ndarray (or one of the low-precision
+        combinations above), dtypes that differ, or an option of the wrong type.
     ValueError
         Shapes that differ, a buffer that is not C-contiguous or not writeable, buffers that
         share memory, an option out of range or overflowing the dtype, or a missing state
@@ -129,6 +148,14 @@ def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, cente
     _check_option_pairs(&options, None)
     cdef long long step_count = _positive_int(step, "step")
     cdef int threads = _thread_count(n_threads)
+    cdef bint stochastic = _read_rounding(rounding)
+    cdef uint64_t seed_value = _read_seed(seed)
+    cdef Py_ssize_t tensor = 0 if tensor_index is 0 else _check_step(tensor_index, "tensor_index", 0)
+    if param_copy is not None or _is_low_precision(param) or _is_low_precision(grad) or \
+            _is_low_precision(square_avg):        # low precision: _lowp.pxi
+        return _lowp_functional(&options, step_count, threads, n_threads is None, param, grad,
+                                square_avg, momentum_buffer, grad_avg, max_square_avg,
+                                param_copy, stochastic, seed_value, tensor, False)
 
     cdef rc_buffers buffers
     cdef list arrays = []
@@ -154,13 +181,20 @@ def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, cente
 
 
 def same_traffic_step(param, grad, square_avg, *, momentum_buffer=None, grad_avg=None,
-                      max_square_avg=None, n_threads=None):
+                      max_square_avg=None, n_threads=None, param_copy=None):
     """The bandwidth yardstick: ``state += grad`` for every buffer given, ``param += grad``.
 
     Reads and writes exactly the buffers the matching RMSprop variant touches, with the same
-    threading, so its time is the memory ceiling of that variant. For benchmarks.
+    threading, so its time is the memory ceiling of that variant. For benchmarks. With
+    bfloat16/float16 buffers (or ``param_copy``) the adds are integer adds of the bits, and
+    the copy receives the param's top 16 bits: the bytes of the low-precision step.
     """
     cdef int threads = _thread_count(n_threads)
+    if param_copy is not None or _is_low_precision(param) or _is_low_precision(grad) or \
+            _is_low_precision(square_avg):
+        return _lowp_functional(NULL, 1, threads, n_threads is None, param, grad, square_avg,
+                                momentum_buffer, grad_avg, max_square_avg, param_copy, False,
+                                0, 0, True)
     cdef rc_buffers buffers
     cdef list arrays = []
     _collect_buffers(param, grad, square_avg, momentum_buffer, grad_avg, max_square_avg,

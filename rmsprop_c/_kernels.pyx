@@ -15,6 +15,7 @@
 #   _checks.pxi      option and array checks shared by both API paths
 #   _threads.pxi     thread limits, the parallel region over a plan of tensors
 #   _policy.pxi      the threading policy of n_threads=None
+#   _lowp.pxi        low precision: dtype checks, stochastic keys, the functional lowp step
 #   _functional.pxi  rmsprop_step, same_traffic_step
 #   _engine.pxi      MultiTensorStep, the engine of RMSprop.step
 #   _engine_build.pxi   the engine's construction: buffers checked and recorded
@@ -27,7 +28,7 @@ from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble, PyLong_AsLongLong
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.math cimport isfinite, pow, sqrt, INFINITY, NAN
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcmp
 from cython.parallel cimport prange
@@ -51,6 +52,7 @@ include "_simd.pxi"
 include "_checks.pxi"
 include "_threads.pxi"
 include "_policy.pxi"
+include "_lowp.pxi"
 include "_functional.pxi"
 include "_engine.pxi"
 include "_engine_build.pxi"

@@ -27,9 +27,23 @@ cdef extern from "rmsprop_kernels.h" nogil:
         void *momentum_buffer
         void *grad_avg
         void *max_square_avg
+        const rc_lowp *lowp
 
     ctypedef void (*rc_kernel_fn)(const rc_hyper *hyper, const rc_buffers *buffers,
                                   Py_ssize_t start, Py_ssize_t stop) noexcept nogil
+    ctypedef void (*rc_lowp_fn)(rc_kernel_fn kernel, const rc_hyper *hyper,
+                                const rc_buffers *buffers, Py_ssize_t size, Py_ssize_t start,
+                                Py_ssize_t stop) noexcept nogil
+    ctypedef struct rc_lowp:
+        rc_lowp_fn run
+        int param_dtype
+        int grad_dtype
+        int state_dtype
+        int copy_dtype
+        int stochastic
+        void *param_copy
+        uint64_t keys[5]
+
     ctypedef int (*rc_nonfinite_fn)(const rc_hyper *hyper, const void *grad, Py_ssize_t size,
                                     Py_ssize_t first, Py_ssize_t stop, int mode,
                                     void *out) noexcept nogil
@@ -49,6 +63,8 @@ cdef extern from "rmsprop_kernels.h" nogil:
         RC_N_SIMD
         RC_FLOAT32
         RC_FLOAT64
+        RC_BFLOAT16
+        RC_FLOAT16
         RC_NORM_CHUNK
         RC_NORM_LANES
         RC_READ_NORM2
@@ -61,6 +77,7 @@ cdef extern from "rmsprop_kernels.h" nogil:
     rc_kernel_fn rc_get_kernel(int simd, int dtype, int variant)
     rc_kernel_fn rc_get_traffic_kernel(int simd, int dtype, int traffic_variant)
     rc_nonfinite_fn rc_get_nonfinite_check(int simd, int dtype)
+    rc_lowp_fn rc_get_lowp_runner(int simd, int traffic)
     int rc_simd_built(int simd)
     int rc_simd_supported(int simd)
 

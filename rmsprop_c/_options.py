@@ -21,7 +21,8 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = ["Option", "OPTIONS", "OPTIMIZER_OPTIONS", "GROUP_KEYS", "STATE_KEYS", "MAX_STEP", "check_option",
-           "check_bool", "check_real", "check_step", "state_layout", "option_names"]
+           "check_bool", "check_real", "check_step", "check_choice", "check_int", "state_layout",
+           "option_names"]
 
 # Step counts stay far from int64 overflow in every path (functional, object, checkpoint).
 MAX_STEP = 1 << 62
@@ -34,8 +35,8 @@ STATE_KEYS = ("square_avg", "momentum_buffer", "grad_avg", "max_square_avg")
 class Option:
     """One option of the update.
 
-    ``kind``: "bool" or "real". ``low``/``high``: inclusive range for reals (None: no
-    bound). ``state``: the state buffer needed when the option is on (non-zero / True).
+    ``kind``: "bool", "real", "int" (an integer in [low, high]) or "choice" (one of
+    ``choices``). ``low``/``high``: inclusive range for reals and ints (None: no bound). ``state``: the state buffer needed when the option is on (non-zero / True).
     ``kernel``: "specialised" (selects a compiled kernel variant), "runtime" (a scalar the
     kernel reads) or "construction" (used when state is created, not by the kernel).
     ``test_values``: values the kernel grid must cover (the first is the default).
@@ -55,6 +56,7 @@ class Option:
     optional: bool = False
     allow_inf: bool = False
     low_open: bool = False
+    choices: tuple = ()
 
 
 OPTIONS = (
@@ -102,6 +104,17 @@ OPTIMIZER_OPTIONS = (
            low=0.0, low_open=True, optional=True, test_values=(None, 1.0)),
     Option("norm_type", "real", 2.0, "the norm of max_grad_norm: 2 or inf",
            test_values=(2.0, math.inf)),
+    # Low precision: state dtype (None: the param's; bfloat16 state for float32 or bfloat16
+    # params), how low-precision stores round, and the key of the stochastic bits.
+    Option("state_dtype", "choice", None,
+           "dtype of the state buffers: None (the param's, float32 for bfloat16 params), "
+           "'float32' or 'bfloat16'", optional=True, kernel="construction",
+           choices=("float32", "bfloat16"), test_values=(None, "float32", "bfloat16")),
+    Option("rounding", "choice", "nearest",
+           "how bfloat16 params and state are stored: 'nearest' (even) or 'stochastic'",
+           choices=("nearest", "stochastic"), test_values=("nearest", "stochastic")),
+    Option("seed", "int", 0, "key of the stochastic rounding bits (with step, tensor, element)",
+           low=0, high=(1 << 64) - 1, test_values=(0, 12345)),
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
@@ -190,6 +203,32 @@ def check_norm_type(value, name="norm_type"):
     return number
 
 
+def check_choice(value, name, choices):
+    """``value`` if it is one of the strings ``choices``; TypeError/ValueError naming it."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {', '.join(map(repr, choices))}; "
+                        f"got {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_int(value, name, low, high):
+    """``value`` as a Python int in [low, high]; TypeError/ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool {value!r}")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") \
+            from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {number}")
+    return number
+
+
 def check_option(name, value, where=None):
     """The normalised value of option ``name``; errors name ``where`` (default: the name).
 
@@ -198,12 +237,27 @@ def check_option(name, value, where=None):
     label = where or name
     if option.optional and value is None:
         return None
+    if option.kind == "choice":
+        if name == "state_dtype" and not isinstance(value, str):
+            value = _dtype_name(value, label)
+        return check_choice(value, label, option.choices)
+    if option.kind == "int":
+        return check_int(value, label, option.low, option.high)
     if option.kind == "bool":
         return check_bool(value, label)
     if name == "norm_type":
         return check_norm_type(value, label)
     return check_real(value, label, option.low, option.high, option.low_open,
                       option.allow_inf)
+
+
+def _dtype_name(value, name):
+    """'float32' or 'bfloat16' from a dtype-like (numpy.float32, ml_dtypes.bfloat16, ...)."""
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        raise TypeError(f"{name} must be None, 'float32' or 'bfloat16', got "
+                        f"{type(value).__name__} {value!r}") from None
 
 
 def check_group_options(values, where_format="{}"):

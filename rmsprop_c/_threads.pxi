@@ -181,7 +181,10 @@ cdef void _run_preprocessed(rc_kernel_fn kernel, rc_nonfinite_fn read_pass,
 cdef inline void _call_kernel(const Plan *plan, Py_ssize_t k, Py_ssize_t start,
                               Py_ssize_t stop) noexcept nogil:
     """Tensor k's kernel on [start, stop), through L1 blocks when grads are preprocessed."""
-    if plan.hypers[k].preprocess:
+    if plan.buffers[k].lowp != NULL:      # low precision: widened blocks (src/lowp_body.hpp)
+        plan.buffers[k].lowp.run(plan.kernels[k], plan.hypers[k], plan.buffers[k],
+                                 plan.offsets[k + 1] - plan.offsets[k], start, stop)
+    elif plan.hypers[k].preprocess:
         _run_preprocessed(plan.kernels[k], plan.checks[k], plan.hypers[k], plan.buffers[k],
                           plan.offsets[k + 1] - plan.offsets[k], plan.itemsizes[k], start,
                           stop)

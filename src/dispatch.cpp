@@ -22,7 +22,9 @@ static_assert((int)row::COUNT == (int)RC_N_SIMD, "simd_targets.h and RC_N_SIMD d
 extern "C" {
 #define RC_DECLARE(ID, name, feature)                                             \
     rc_kernel_fn rc_kernel_##name(int dtype, int variant, int traffic);           \
-    rc_nonfinite_fn rc_nonfinite_##name(int dtype);
+    rc_nonfinite_fn rc_nonfinite_##name(int dtype);                              \
+    rc_lowp_fn rc_lowp_##name(int traffic);                                       \
+    rc_nonfinite_fn rc_lowp_read_##name(int dtype);
 RC_SIMD_TARGETS(RC_DECLARE)
 #undef RC_DECLARE
 }
@@ -48,10 +50,29 @@ extern "C" rc_kernel_fn rc_get_traffic_kernel(int simd, int dtype, int variant) 
 }
 
 extern "C" rc_nonfinite_fn rc_get_nonfinite_check(int simd, int dtype) {
+    if (dtype == RC_BFLOAT16 || dtype == RC_FLOAT16) {     /* widened, then the float32 pass */
+        switch (simd) {
+#define RC_CASE(ID, name, feature) \
+    case RC_SIMD_##ID: if constexpr (RC_BUILT_##ID) return rc_lowp_read_##name(dtype); break;
+        RC_SIMD_TARGETS(RC_CASE)
+#undef RC_CASE
+        }
+        return NULL;
+    }
     if (dtype != RC_FLOAT32 && dtype != RC_FLOAT64) return NULL;
     switch (simd) {
 #define RC_CASE(ID, name, feature) \
     case RC_SIMD_##ID: if constexpr (RC_BUILT_##ID) return rc_nonfinite_##name(dtype); break;
+    RC_SIMD_TARGETS(RC_CASE)
+#undef RC_CASE
+    }
+    return NULL;
+}
+
+extern "C" rc_lowp_fn rc_get_lowp_runner(int simd, int traffic) {
+    switch (simd) {
+#define RC_CASE(ID, name, feature) \
+    case RC_SIMD_##ID: if constexpr (RC_BUILT_##ID) return rc_lowp_##name(traffic); break;
     RC_SIMD_TARGETS(RC_CASE)
 #undef RC_CASE
     }

@@ -12,3 +12,4 @@
 
 #define RC_TARGET_NAMESPACE avx512
 #include "kernel_body.hpp"
+#include "lowp_body.hpp"

@@ -7,3 +7,4 @@
 
 #define RC_TARGET_NAMESPACE baseline
 #include "kernel_body.hpp"
+#include "lowp_body.hpp"

@@ -9,6 +9,7 @@
 #define RMSPROP_C_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* The kernels are exact only under IEEE semantics: refuse flags that break them. */
 #if defined(__FAST_MATH__)
@@ -49,7 +50,10 @@ typedef struct {
     int nesterov;
 } rc_hyper;
 
-/* Base pointers of one tensor's buffers; unused state buffers may be NULL. */
+struct rc_lowp;
+
+/* Base pointers of one tensor's buffers; unused state buffers may be NULL. `lowp` is NULL
+ * unless a buffer is bfloat16/float16 (or a param copy is written): see rc_lowp below. */
 typedef struct {
     void *param;
     const void *grad;
@@ -57,6 +61,7 @@ typedef struct {
     void *momentum_buffer;
     void *grad_avg;
     void *max_square_avg;
+    const struct rc_lowp *lowp;
 } rc_buffers;
 
 typedef void (*rc_kernel_fn)(const rc_hyper *hyper, const rc_buffers *buffers,
@@ -86,7 +91,32 @@ static inline int rc_traffic_variant(int centered, int amsgrad, int momentum_mod
 #define RC_SIMD_ENUM_ROW(ID, name, feature) RC_SIMD_##ID,
 enum { RC_SIMD_TARGETS(RC_SIMD_ENUM_ROW) RC_N_SIMD };
 #undef RC_SIMD_ENUM_ROW
-enum { RC_FLOAT32 = 0, RC_FLOAT64 = 1 };
+enum { RC_FLOAT32 = 0, RC_FLOAT64 = 1, RC_BFLOAT16 = 2, RC_FLOAT16 = 3 };
+
+/* Low precision (lowp_body.hpp): a tensor whose param, grad or state is bfloat16/float16,
+ * or that writes a param copy, runs through `run`, which widens each L1 block of its
+ * buffers to float32, calls the float32 variant `kernel` on the block, and stores each
+ * low-precision buffer once: rounded to nearest-even, or stochastically (bfloat16 only)
+ * with 16 bits per element from the counter-based generator of rmsprop_c/reference.py,
+ * keyed by keys[stream] (0: param, 1..4: state buffers) and the element's index in the
+ * tensor. The param copy (bfloat16 or float16) always rounds to nearest. */
+typedef void (*rc_lowp_fn)(rc_kernel_fn kernel, const rc_hyper *hyper,
+                           const rc_buffers *buffers, ptrdiff_t size, ptrdiff_t start,
+                           ptrdiff_t stop);
+struct rc_lowp {
+    rc_lowp_fn run;
+    int param_dtype;            /* RC_FLOAT32 or RC_BFLOAT16 */
+    int grad_dtype;             /* RC_FLOAT32, RC_BFLOAT16 or RC_FLOAT16 */
+    int state_dtype;            /* RC_FLOAT32 or RC_BFLOAT16 (every state buffer) */
+    int copy_dtype;             /* RC_BFLOAT16 or RC_FLOAT16 when param_copy is set */
+    int stochastic;             /* bfloat16 stores round stochastically */
+    void *param_copy;
+    uint64_t keys[5];
+};
+typedef struct rc_lowp rc_lowp;
+/* The low-precision block runner and its same-traffic twin, per SIMD target (NULL when not
+ * built). The twin ignores `kernel` and `hyper`. */
+rc_lowp_fn rc_get_lowp_runner(int simd, int traffic);
 
 /* Kernel for (simd, dtype, variant), or NULL when that SIMD target was not built. */
 rc_kernel_fn rc_get_kernel(int simd, int dtype, int variant);
