@@ -16,17 +16,21 @@ import zipfile
 
 import numpy as np
 
-from rmsprop_c._options import (OPTIONS, check_group_options, check_step, option_names,
-                                state_layout)
+from rmsprop_c._low_precision import stored_dtype
+from rmsprop_c._options import (OPTIONS, check_group_options, check_option, check_step,
+                                option_names, state_layout)
 
 __all__ = ["CheckpointError", "FORMAT", "VERSION", "META_KEY", "as_path", "check_state_dict",
-           "write_checkpoint", "read_checkpoint"]
+           "write_checkpoint", "read_checkpoint", "check_rounding"]
 
 FORMAT = "rmsprop_c.checkpoint"
 VERSION = 1
 META_KEY = "__rmsprop_c_meta__"
 TOP_KEYS = frozenset({"format", "format_version", "flavor", "skipped_steps", "param_groups",
                       "state"})
+# Keys added after the first checkpoints, with the value an earlier version ran with.
+TOP_DEFAULTS_ADDED_LATER = {"rounding": "nearest", "seed": 0}
+TOP_KEYS_ADDED_LATER = frozenset(TOP_DEFAULTS_ADDED_LATER)
 # A valid metadata string nests 4 deep; anything far deeper is junk, refused before parsing.
 MAX_JSON_DEPTH = 16
 _CHUNK = 1 << 18          # bytes per read: stays in cache, like np.load
@@ -75,7 +79,8 @@ def check_state_dict(state_dict, *, flavor, members, layouts, live_state):
     if not (_is_index(version) and version == VERSION):
         raise CheckpointError(f"unsupported format_version {version!r}; this version reads "
                               f"{VERSION}")
-    missing, unknown = TOP_KEYS - set(state_dict), set(state_dict) - TOP_KEYS
+    missing = TOP_KEYS - set(state_dict)
+    unknown = set(state_dict) - TOP_KEYS - TOP_KEYS_ADDED_LATER
     if missing or unknown:
         raise CheckpointError(f"the state_dict lacks {_names(missing)} or holds unknown keys "
                               f"{_names(unknown)}")
@@ -102,6 +107,18 @@ def check_state_dict(state_dict, *, flavor, members, layouts, live_state):
     states = [_check_tensor_state(saved, index, live_state[index])
               for index, saved in enumerate(saved_states)]
     return options, steps, skipped, states
+
+
+def check_rounding(state_dict):
+    """The (rounding, seed) a state_dict carries (an earlier version's: nearest, 0)."""
+    def checked(name, value):
+        try:
+            return check_option(name, value)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(str(error)) from None
+
+    return tuple(checked(key, state_dict.get(key, default))
+                 for key, default in TOP_DEFAULTS_ADDED_LATER.items())
 
 
 def _checked(check, value, name, **kwargs):
@@ -281,6 +298,9 @@ def _read(handle, live_state, n_groups):
         limit = 4096 + 2048 * n_groups + 256 * len(live_state)   # characters
         meta = _read_meta(archive, infos.pop(META_KEY), limit)
         layout = meta.pop("layout", None) if isinstance(meta, dict) else None
+        tags = meta.pop("dtype_tags", {}) if isinstance(meta, dict) else None
+        if not isinstance(tags, dict) or not all(type(v) is str for v in tags.values()):
+            raise CheckpointError("malformed metadata (dtype tags)")
         if not isinstance(layout, list) or not all(
                 isinstance(keys, list) and all(type(key) is str for key in keys)
                 for keys in layout):
@@ -299,7 +319,8 @@ def _read(handle, live_state, n_groups):
                 raise CheckpointError(f"state[{index}] holds {sorted(keys)}, expected "
                                       f"{sorted(live_state[index])}")
             states.append({key: _read_array(archive, infos[f"state/{index}/{key}"],
-                                            live_state[index][key], f"state[{index}]['{key}']")
+                                            live_state[index][key], f"state[{index}]['{key}']",
+                                            tags.get(f"state/{index}/{key}"))
                            for key in keys})
     meta["state"] = states
     return meta
@@ -327,11 +348,16 @@ def _read_exactly(member, nbytes, name):
     return data
 
 
-def _read_array(archive, info, live, name):
+def _read_array(archive, info, live, name, tag=None):
+    """The array stored in ``info``; a bfloat16 one is stored as uint16 bits under ``tag``."""
+    try:
+        expected = stored_dtype(live, tag, name)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
     with archive.open(info) as member:
         shape, fortran_order, dtype = _read_header(member, name)
-        if dtype != live.dtype:
-            raise CheckpointError(f"{name} has dtype {dtype}, expected {live.dtype}")
+        if dtype != expected:
+            raise CheckpointError(f"{name} has dtype {dtype}, expected {expected}")
         if tuple(shape) != live.shape:
             raise CheckpointError(f"{name} has shape {tuple(shape)}, expected {live.shape}")
         # The size is now the live buffer's: safe to allocate. Cache-sized chunks.
@@ -347,7 +373,7 @@ def _read_array(archive, info, live, name):
         if filled != flat.size or member.read(1):    # reading to the end checks the CRC
             raise CheckpointError(f"{name} does not hold the {flat.size} bytes its header "
                                   "declares")
-    return array
+    return array.view(live.dtype)
 
 
 def _read_meta(archive, info, limit):

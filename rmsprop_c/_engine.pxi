@@ -62,6 +62,10 @@ cdef class MultiTensorStep:
     cdef object _lock
     cdef int _lock_generation
     cdef bint stepping
+    # Low precision (_engine_lowp.pxi): per tensor, dtypes, param copy and this step's keys.
+    cdef rc_lowp *tensor_lowp
+    cdef bint lowp_stochastic
+    cdef uint64_t lowp_seed
 
     def __cinit__(self):
         self.buffers = NULL
@@ -87,6 +91,7 @@ cdef class MultiTensorStep:
         self.plan_buffers = NULL
         self.plan_chunk_offsets = NULL
         self.norm_partials = NULL
+        self.tensor_lowp = NULL
         _policy_reset(&self.policy)
 
     def __dealloc__(self):
@@ -113,10 +118,16 @@ cdef class MultiTensorStep:
         free(<void *>self.plan_buffers)
         free(self.plan_chunk_offsets)
         free(self.norm_partials)
+        free(self.tensor_lowp)
 
     def __init__(self, list params, list group_of_param, list states, Py_ssize_t n_groups):
         """params[i]: ndarray; group_of_param[i]: its group; states[i]: dict of state arrays."""
         _engine_build(self, params, group_of_param, states, n_groups)
+
+    def set_rounding(self, rounding, seed):
+        """How bfloat16 stores round ("nearest" or "stochastic") and the seed of the bits."""
+        self.lowp_stochastic = _read_rounding(rounding)
+        self.lowp_seed = _read_seed(seed)
 
     # -------------------------------------------------------------------------------
     # Mutual exclusion (a lock taken across a fork is stale in the child: replace it)
@@ -238,6 +249,7 @@ cdef class MultiTensorStep:
             self.plan_checks[n_active] = checks[dtype == RC_FLOAT64]
             self.plan_itemsizes[n_active] = 8 if dtype == RC_FLOAT64 else 4
             self.plan_buffers[n_active] = &self.buffers[i]
+            _engine_lowp_plan(self, i, n_active, array)     # low precision: _engine_lowp.pxi
             self.plan_offsets[n_active + 1] = (self.plan_offsets[n_active]
                                                + _size(array))
             self.plan_chunk_offsets[n_active + 1] = (self.plan_chunk_offsets[n_active]

@@ -41,7 +41,8 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
     self.plan_hypers = <const rc_hyper **>calloc(m, sizeof(rc_hyper *))
     self.plan_buffers = <const rc_buffers **>calloc(m, sizeof(rc_buffers *))
     self.plan_chunk_offsets = <Py_ssize_t *>calloc(m + 1, sizeof(Py_ssize_t))
-    if (self.buffers == NULL or self.tensor_group == NULL or self.tensor_dtype == NULL
+    self.tensor_lowp = <rc_lowp *>calloc(m, sizeof(rc_lowp))
+    if (self.tensor_lowp == NULL or self.buffers == NULL or self.tensor_group == NULL or self.tensor_dtype == NULL
             or self.tensor_steps == NULL or self.tensor_hyper == NULL
             or self.group_options == NULL or self.group_hyper == NULL
             or self.group_ref_step == NULL
@@ -66,13 +67,14 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
     cdef list ranges = []
     cdef int present
     for i in range(n):
-        array = _check_array(self.params[i], "params", True, i)
+        array = _engine_param_array(self.params[i], i)     # float32/64 or bfloat16
         self.params[i] = array
         self.param_objects[i] = <PyObject *>array
         g = operator.index(group_of_param[i])
         self.tensor_group[i] = g
-        self.tensor_dtype[i] = _dtype_code(array)
-        if self.tensor_dtype[i] == RC_FLOAT32 and self.group_float32_member[g] < 0:
+        self.tensor_dtype[i] = _any_dtype_code(array)
+        _engine_lowp_init(self, i, array)
+        if self.tensor_dtype[i] != RC_FLOAT64 and self.group_float32_member[g] < 0:
             self.group_float32_member[g] = i
         self.group_members[g].append(array)
         self.buffers[i].param = cnp.PyArray_DATA(array)
@@ -84,10 +86,15 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
         present = 0
         for key, value in (<dict>states[i]).items():
             name = f"state[{i}]['{key}']"
+            if key == "param_copy":               # low precision: _engine_lowp.pxi
+                state_array = _engine_copy_array(self, value, array, i)
+                _engine_watch(self, state_array)
+                ranges.append((<uintptr_t>cnp.PyArray_DATA(state_array),
+                               cnp.PyArray_NBYTES(state_array), f"param_copies[{i}]"))
+                continue
             if key not in STATE_KEYS:
                 raise ValueError(f"unknown state buffer {name}")
-            state_array = _check_array(value, name, True)
-            _check_like(state_array, array, name, f"params[{i}]")
+            state_array = _engine_state_array(self, value, name, array, i)
             k = STATE_KEYS.index(key)
             present |= 1 << k
             if k == 0:

@@ -83,7 +83,12 @@ cdef int _engine_check_grad(MultiTensorStep self, object grad, Py_ssize_t i) exc
     if _fast_ok(grad, False):
         array = <cnp.ndarray>grad
         if cnp.PyArray_TYPE(array) != cnp.PyArray_TYPE(param) or not _same_shape(array, param):
-            _check_like(array, param, "grads", "params", i)
+            if _engine_grad_dtype_ok(self, array, i):     # low precision: _engine_lowp.pxi
+                _check_shape(array, param, f"grads[{i}]", f"params[{i}]")
+            else:
+                _check_like(array, param, "grads", "params", i)
+    elif _is_low_precision(grad) or self.tensor_lowp[i].param_dtype == RC_BFLOAT16:
+        array = _engine_lowp_grad(self, grad, i)
     else:
         array = _check_array(grad, "grads", False, i)
         _check_like(array, param, "grads", "params", i)

@@ -13,6 +13,8 @@ STATE_KEYS: tuple[str, ...]
 MAX_STEP: int
 
 _FloatArray = npt.NDArray[np.floating[Any]]
+# float32/float64, or bfloat16 (ml_dtypes) and float16 where low precision is allowed.
+_Array = npt.NDArray[Any]
 
 def simd_targets_built() -> tuple[str, ...]: ...
 def simd_targets_supported() -> tuple[str, ...]: ...
@@ -26,9 +28,9 @@ def forked_after_parallel() -> bool: ...
 def fork_generation() -> int: ...
 def threading_policy() -> dict[str, Any]: ...
 def rmsprop_step(
-    param: _FloatArray,
-    grad: _FloatArray,
-    square_avg: _FloatArray,
+    param: _Array,
+    grad: _Array,
+    square_avg: _Array,
     *,
     lr: float,
     alpha: float,
@@ -47,9 +49,13 @@ def rmsprop_step(
     clip_value: float | None = ...,
     step: int = 1,
     n_threads: int | None = None,
-    momentum_buffer: _FloatArray | None = None,
-    grad_avg: _FloatArray | None = None,
-    max_square_avg: _FloatArray | None = None,
+    momentum_buffer: _Array | None = None,
+    grad_avg: _Array | None = None,
+    max_square_avg: _Array | None = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+    tensor_index: int = 0,
+    param_copy: _Array | None = None,
 ) -> None: ...
 def global_grad_norm(
     grads: Sequence[_FloatArray],
@@ -60,14 +66,15 @@ def global_grad_norm(
     n_threads: int | None = None,
 ) -> float: ...
 def same_traffic_step(
-    param: _FloatArray,
-    grad: _FloatArray,
-    square_avg: _FloatArray,
+    param: _Array,
+    grad: _Array,
+    square_avg: _Array,
     *,
-    momentum_buffer: _FloatArray | None = None,
-    grad_avg: _FloatArray | None = None,
-    max_square_avg: _FloatArray | None = None,
+    momentum_buffer: _Array | None = None,
+    grad_avg: _Array | None = None,
+    max_square_avg: _Array | None = None,
     n_threads: int | None = None,
+    param_copy: _Array | None = None,
 ) -> None: ...
 
 @disjoint_base
@@ -88,6 +95,7 @@ class MultiTensorStep:
     def set_steps(self, steps: Sequence[int]) -> None: ...
     def get_tensor_steps(self) -> list[int]: ...
     def set_tensor_steps(self, steps: Sequence[int]) -> None: ...
+    def set_rounding(self, rounding: str, seed: int) -> None: ...
     def threading(self) -> dict[str, Any]: ...
     def check_groups(self, param_groups: list[dict[str, Any]]) -> None: ...
     def validate(

@@ -20,6 +20,7 @@
 #   _engine.pxi      MultiTensorStep, the engine of RMSprop.step
 #   _engine_build.pxi   the engine's construction: buffers checked and recorded
 #   _engine_checks.pxi  the engine's per-step checks
+#   _engine_lowp.pxi    the engine's low-precision dtypes and per-step records
 #   _rows_index.pxi  row steps: indices checked and grouped by row
 #   _rows.pxi        rmsprop_step_rows, lazy row steps
 
@@ -57,5 +58,6 @@ include "_functional.pxi"
 include "_engine.pxi"
 include "_engine_build.pxi"
 include "_engine_checks.pxi"
+include "_engine_lowp.pxi"
 include "_rows_index.pxi"
 include "_rows.pxi"

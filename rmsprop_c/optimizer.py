@@ -11,7 +11,7 @@ import copy
 
 import numpy as np
 
-from rmsprop_c import _checkpoint, _kernels
+from rmsprop_c import _checkpoint, _kernels, _low_precision
 from rmsprop_c._checkpoint import CheckpointError
 from rmsprop_c._options import (check_bool, check_group_options, check_option, check_step,
                                 option_names, state_layout)
@@ -90,6 +90,19 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
     skip_nonfinite : bool, default False
         When True, a step whose grads hold NaN or Inf (after grad_scale) changes nothing,
         counts ``skipped_steps`` and returns False.
+    state_dtype : None, "float32" or "bfloat16"
+        dtype of the state buffers of float32 and bfloat16 params (None: the param's).
+        Params may be bfloat16 (``ml_dtypes.bfloat16``); grads may be float32, bfloat16 or
+        float16 for them. Arithmetic is float32; see docs/low-precision.md.
+    rounding : "nearest" or "stochastic", default "nearest"
+        How bfloat16 params and state are stored: to nearest-even, or stochastically with
+        bits keyed by (seed, step count, param index, element index): the same bits for
+        every thread count and SIMD target.
+    seed : int, default 0
+        Key of the stochastic bits, in [0, 2**64); kept in checkpoints.
+    param_copies : list or None
+        One bfloat16/float16 array (or None) per param: receives the updated float32 param,
+        rounded to nearest, in the same pass.
 
     Raises
     ------
@@ -125,7 +138,8 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
                  bias_correction=None, eps_in_sqrt=None, lr_in_momentum=None,
                  initial_accumulator_value=None, grad_scale=None, clip_value=None,
                  max_grad_norm=None, norm_type=2, flavor="torch", n_threads=None,
-                 skip_nonfinite=False):
+                 skip_nonfinite=False, state_dtype=None, rounding="nearest", seed=0,
+                 param_copies=None):
         self.flavor = get_flavor(flavor)
         explicit = dict(
             lr=lr, alpha=alpha, eps=eps, momentum=momentum, centered=centered,
@@ -146,6 +160,9 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         self.norm_type = norm_type
         self.skipped_steps = 0
         self._last_grad_norm = None
+        self.state_dtype = check_option("state_dtype", state_dtype)
+        self.rounding = check_option("rounding", rounding)
+        self.seed = check_option("seed", seed)
 
         self.param_groups = []
         self._params = []
@@ -169,14 +186,16 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
             resolved["params"] = list(group["params"])
             self.param_groups.append(resolved)
         self._layouts = [state_layout(group) for group in self.param_groups]
+        self._param_copies = _low_precision.check_param_copies(param_copies, self._params)
 
         state = []
         for group_index, group in enumerate(self.param_groups):
             for index in self._group_members[group_index]:
                 param = self._params[index]
                 buffers = {}
-                if isinstance(param, np.ndarray) and param.dtype in (np.float32, np.float64):
-                    buffers = {key: np.zeros(param.shape, dtype=param.dtype)
+                if isinstance(param, np.ndarray) and param.dtype in _low_precision.STEPPABLE:
+                    dtype = _low_precision.state_dtype_for(param, self.state_dtype, index)
+                    buffers = {key: np.zeros(param.shape, dtype=dtype)
                                for key in self._layouts[group_index]}
                     buffers["square_avg"].fill(group["initial_accumulator_value"])
                 state.append(StateBuffers(buffers))
@@ -190,8 +209,13 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         for group_index, members in enumerate(self._group_members):
             for index in members:
                 group_of_param[index] = group_index
-        return _kernels.MultiTensorStep(self._params, group_of_param, list(self._state),
-                                        len(self._group_members))
+        engine = _kernels.MultiTensorStep(
+            self._params, group_of_param,
+            [dict(buffers) if twin is None else dict(buffers, param_copy=twin)
+             for buffers, twin in zip(self._state, self._param_copies)],
+            len(self._group_members))
+        engine.set_rounding(self.rounding, self.seed)
+        return engine
 
     @staticmethod
     def _split_groups(params):
@@ -318,6 +342,8 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
             "format_version": _checkpoint.VERSION,
             "flavor": self.flavor.name,
             "skipped_steps": self.skipped_steps,
+            "rounding": self.rounding,
+            "seed": self.seed,
             "param_groups": groups,
             "state": [{key: array.copy() for key, array in buffers.items()}
                       for buffers in self._state],
@@ -362,6 +388,7 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         options, steps, skipped, states = _checkpoint.check_state_dict(
             state_dict, flavor=self.flavor.name, members=self._group_members,
             layouts=self._layouts, live_state=self._state)
+        rounding, seed = _checkpoint.check_rounding(state_dict)
         new_groups = [{**group, **group_options}
                       for group, group_options in zip(self.param_groups, options)]
         try:
@@ -376,6 +403,8 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         for group, group_options in zip(self.param_groups, options):
             group.update(group_options)
         self._engine.set_steps(steps)
+        self._engine.set_rounding(rounding, seed)
+        self.rounding, self.seed = rounding, seed
         self.skipped_steps = skipped
 
     def _detached(self, states):
@@ -421,6 +450,7 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
             for key, array in buffers.items():
                 arrays[f"state/{index}/{key}"] = array
         state["layout"] = layout
+        arrays, state["dtype_tags"] = _low_precision.encode_arrays(arrays)
         _checkpoint.write_checkpoint(path, state, arrays)
 
     def load(self, path):
@@ -450,9 +480,12 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         memo[id(self)] = duplicate
         with self._engine.exclusive():
             for name, value in self.__dict__.items():
-                if name not in ("_engine", "_params", "_state", "param_groups"):
+                if name not in ("_engine", "_params", "_state", "param_groups",
+                                "_param_copies"):
                     setattr(duplicate, name, copy.deepcopy(value, memo))
             duplicate._params = [copy.deepcopy(param, memo) for param in self._params]
+            duplicate._param_copies = [None if c is None else c.copy()
+                                       for c in self._param_copies]
             duplicate._state = tuple(
                 StateBuffers({key: array.copy() for key, array in buffers.items()})
                 for buffers in self._state)

@@ -10,7 +10,7 @@ import numpy as np
 from rmsprop_c._options import GROUP_KEYS
 from rmsprop_c.optimizer import RMSprop as _FastRMSprop
 from rmsprop_c.reference import (clip_coefficient, global_grad_norm, norm_of_preprocessed,
-                                 preprocess_grad, rmsprop_step)
+                                 preprocess_grad, rmsprop_step, widen)
 
 __all__ = ["RMSprop", "rmsprop_step", "global_grad_norm"]
 
@@ -30,7 +30,8 @@ class RMSprop(_FastRMSprop):
                     if grad is None:
                         continue
                     with np.errstate(all="ignore"):
-                        scaled = grad * grad.dtype.type(group["grad_scale"])
+                        wide = widen(grad)           # low precision: float32 arithmetic
+                        scaled = wide * wide.dtype.type(group["grad_scale"])
                     nonfinite = nonfinite or not np.isfinite(scaled).all()
                     preprocessed.append((index, preprocess_grad(grad, group["grad_scale"],
                                                                 group["clip_value"])))
@@ -53,7 +54,9 @@ class RMSprop(_FastRMSprop):
                              step=tensor_steps[index] + 1, norm_coefficient=coefficient,
                              momentum_buffer=state.get("momentum_buffer"),
                              grad_avg=state.get("grad_avg"),
-                             max_square_avg=state.get("max_square_avg"), **options)
+                             max_square_avg=state.get("max_square_avg"),
+                             rounding=self.rounding, seed=self.seed, tensor_index=index,
+                             param_copy=self._param_copies[index], **options)
                 tensor_steps[index] += 1
         self._engine.set_tensor_steps(tensor_steps)
         return True

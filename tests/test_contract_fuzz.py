@@ -134,10 +134,12 @@ def test_mutated_state_dict_loads_exactly_or_is_refused(source_state, data):
 def with_later_defaults(state):
     """What a load must give: options added after the first checkpoint format take their
     registry default when a group lacks them (a checkpoint from an earlier version)."""
-    from rmsprop_c._checkpoint import OPTIONS_ADDED_LATER
+    from rmsprop_c._checkpoint import OPTIONS_ADDED_LATER, TOP_DEFAULTS_ADDED_LATER
     from rmsprop_c._options import OPTIONS
     defaults = {option.name: option.default for option in OPTIONS}
     expected = copy.copy(state)
+    if isinstance(state, dict):
+        expected = {**TOP_DEFAULTS_ADDED_LATER, **state}
     groups = state.get("param_groups") if isinstance(state, dict) else None
     if isinstance(groups, list):
         expected["param_groups"] = [

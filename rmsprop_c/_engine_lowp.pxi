@@ -1,0 +1,96 @@
+# The engine's low-precision side: which dtypes its buffers and grads may have, and the
+# per-step record (rc_lowp) of a tensor that has a bfloat16/float16 buffer or a param copy.
+# Module-level functions over MultiTensorStep's C fields (the class is in _engine.pxi).
+
+
+cdef cnp.ndarray _engine_param_array(object value, Py_ssize_t i):
+    """params[i]: float32/float64 as ever, or bfloat16."""
+    if _is_low_precision(value):
+        return _check_lowp_array(value, f"params[{i}]", True, _F32 | _BF16 | (1 << RC_FLOAT64))
+    return _check_array(value, "params", True, i)
+
+
+cdef cnp.ndarray _engine_state_array(MultiTensorStep self, object value, str name,
+                                     cnp.ndarray param, Py_ssize_t i):
+    """A state buffer: the param's dtype, or float32/bfloat16 for float32/bfloat16 params
+    (every state buffer of a tensor alike)."""
+    cdef int param_code = _any_dtype_code(param)
+    cdef cnp.ndarray array
+    if param_code == RC_FLOAT64:
+        array = _check_array(value, name, True)
+        _check_like(array, param, name, f"params[{i}]")
+        return array
+    array = _check_lowp_array(value, name, True, _lowp_state_rule(param_code),
+                              f" for params[{i}] of dtype {param.dtype}")
+    _check_shape(array, param, name, f"params[{i}]")
+    cdef rc_lowp *lowp = &self.tensor_lowp[i]
+    if lowp.state_dtype >= 0 and lowp.state_dtype != _any_dtype_code(array):
+        raise TypeError(f"{name} has dtype {array.dtype}, but another state buffer of "
+                        f"params[{i}] has dtype {_DTYPE_NAMES[lowp.state_dtype]}")
+    lowp.state_dtype = _any_dtype_code(array)
+    return array
+
+
+cdef cnp.ndarray _engine_copy_array(MultiTensorStep self, object value, cnp.ndarray param,
+                                    Py_ssize_t i):
+    """param_copies[i]: bfloat16/float16, the shape of a float32 params[i]."""
+    cdef str name = f"param_copies[{i}]"
+    if _any_dtype_code(param) != RC_FLOAT32:
+        raise TypeError(f"{name} needs a float32 params[{i}] (the master copy), got "
+                        f"dtype {param.dtype}")
+    cdef cnp.ndarray array = _check_lowp_array(value, name, True, _BF16 | _F16)
+    _check_shape(array, param, name, f"params[{i}]")
+    self.tensor_lowp[i].param_copy = cnp.PyArray_DATA(array)
+    self.tensor_lowp[i].copy_dtype = _any_dtype_code(array)
+    return array
+
+
+cdef int _engine_lowp_init(MultiTensorStep self, Py_ssize_t i, cnp.ndarray param) except -1:
+    cdef rc_lowp *lowp = &self.tensor_lowp[i]
+    lowp.param_dtype = _any_dtype_code(param)
+    lowp.grad_dtype = lowp.param_dtype
+    lowp.state_dtype = -1
+    lowp.copy_dtype = -1
+    return 0
+
+
+cdef bint _engine_grad_dtype_ok(MultiTensorStep self, cnp.ndarray grad, Py_ssize_t i) noexcept:
+    """A grad of another dtype than params[i] that the low-precision step takes."""
+    cdef int param_code = self.tensor_lowp[i].param_dtype
+    cdef int code = _any_dtype_code(grad)
+    return param_code != RC_FLOAT64 and code >= 0 and code != RC_FLOAT64
+
+
+cdef cnp.ndarray _engine_lowp_grad(MultiTensorStep self, object grad, Py_ssize_t i):
+    """grads[i] when it or params[i] is low precision (checked like any grad)."""
+    cdef cnp.ndarray param = <cnp.ndarray>self.param_objects[i]
+    cdef str name = f"grads[{i}]"
+    cdef cnp.ndarray array = _check_lowp_array(
+        grad, name, False, (_F32 | _BF16 | _F16) if self.tensor_lowp[i].param_dtype != RC_FLOAT64
+        else (1 << RC_FLOAT64), f" for params[{i}] of dtype {param.dtype}")
+    if not _engine_grad_dtype_ok(self, array, i):
+        _check_like(array, param, "grads", "params", i)
+    _check_shape(array, param, name, f"params[{i}]")
+    return array
+
+
+cdef inline void _engine_lowp_plan(MultiTensorStep self, Py_ssize_t i, Py_ssize_t slot,
+                                   cnp.ndarray grad) noexcept:
+    """Tensor i's low-precision record for this step (or none), in plan slot `slot`."""
+    cdef rc_lowp *lowp = &self.tensor_lowp[i]
+    lowp.grad_dtype = _any_dtype_code(grad)
+    cdef int state = lowp.state_dtype if lowp.state_dtype >= 0 else lowp.param_dtype
+    if lowp.param_dtype == RC_FLOAT64 or (
+            lowp.param_dtype == RC_FLOAT32 and lowp.grad_dtype == RC_FLOAT32
+            and state == RC_FLOAT32 and lowp.param_copy == NULL):
+        self.buffers[i].lowp = NULL
+        return
+    lowp.state_dtype = state
+    lowp.run = rc_get_lowp_runner(_simd, 0)
+    lowp.stochastic = self.lowp_stochastic
+    if self.lowp_stochastic:
+        _lowp_keys(lowp, self.lowp_seed, self.tensor_steps[i] + 1, i)
+    self.buffers[i].lowp = lowp
+    self.plan_checks[slot] = rc_get_nonfinite_check(_simd, lowp.grad_dtype)
+    self.plan_itemsizes[slot] = <unsigned char>cnp.PyArray_ITEMSIZE(
+        <cnp.ndarray>self.param_objects[i])
