@@ -242,15 +242,17 @@ def random_bits(key, first, count):
     """16 random bits for elements ``first .. first + count - 1`` under ``key``.
 
     Counter-based: element i's bits depend only on (key, i), never on threads, blocks or
-    SIMD width. With lo, hi the 32-bit halves of i and k_lo, k_hi those of the key:
-    ``h = fmix32(fmix32(lo ^ k_lo) ^ hi ^ k_hi)``; the bits are ``h >> 16``.
+    SIMD width. With lo, hi the 32-bit halves of i and k_lo, k_hi those of the key (all
+    uint32 arithmetic, mod 2**32):
+    ``h = fmix32(lo ^ k_lo ^ ((k_hi ^ hi) * 0x9E3779B1))``; the bits are ``h >> 16``.
+    One finalizer per element (two multiplies) keeps the bits cheap enough to vectorise.
     """
     index = np.arange(first, first + count, dtype=np.uint64)
     low = (index & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     high = (index >> np.uint64(32)).astype(np.uint32)
     with np.errstate(all="ignore"):
-        h = _fmix32(low ^ np.uint32(key & 0xFFFFFFFF))
-        h = _fmix32(h ^ high ^ np.uint32(key >> 32))
+        high_key = (np.uint32(key >> 32) ^ high) * np.uint32(0x9E3779B1)
+        h = _fmix32(low ^ np.uint32(key & 0xFFFFFFFF) ^ high_key)
     return h >> 16
 
 

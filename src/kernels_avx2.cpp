@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <utility>
+#include <immintrin.h>
 #include "rmsprop_kernels.h"
 
 /* Without the target flags these would be baseline kernels under the avx2 name. */

@@ -76,15 +76,134 @@ static inline uint32_t fmix32(uint32_t h) {
     return h ^ (h >> 16);
 }
 
-/* 16 bits for element index (high:low) under key (key_high:key_low): reference.random_bits. */
-static inline uint32_t random16(uint32_t low, uint32_t high, uint32_t key_low, uint32_t key_high) {
-    return fmix32(fmix32(low ^ key_low) ^ high ^ key_high) >> 16;
+/* The part of reference.random_bits' key that holds the high half of the element index. */
+static inline uint32_t high_key(uint32_t key_low, uint32_t key_high, uint32_t high) {
+    return key_low ^ ((key_high ^ high) * 0x9E3779B1u);
 }
+
+/* Vector forms of the bfloat16 helpers, on 32-bit lanes (the scalar helpers above are the
+ * definition: each lane computes exactly what they compute). Compilers narrow 32 -> 16 bits
+ * poorly without AVX512BW, hence intrinsics for the two x86 targets; the baseline target
+ * leaves the loops to the vectoriser. The first element not done is returned. */
+#if defined(__AVX512F__)
+enum { RC_LANES = 16 };
+typedef __m512i rc_vec;
+static inline rc_vec v_set(uint32_t x) { return _mm512_set1_epi32((int)x); }
+static inline rc_vec v_index(uint32_t base) {
+    return _mm512_add_epi32(v_set(base), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                            11, 12, 13, 14, 15));
+}
+static inline rc_vec v_load_float(const float *p) { return _mm512_castps_si512(_mm512_loadu_ps(p)); }
+static inline rc_vec v_widen16(const uint16_t *p) {
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline void v_store_float(float *p, rc_vec x) { _mm512_storeu_ps(p, _mm512_castsi512_ps(x)); }
+static inline void v_store16(uint16_t *p, rc_vec x) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(x));
+}
+static inline rc_vec v_add(rc_vec a, rc_vec b) { return _mm512_add_epi32(a, b); }
+static inline rc_vec v_and(rc_vec a, rc_vec b) { return _mm512_and_si512(a, b); }
+static inline rc_vec v_or(rc_vec a, rc_vec b) { return _mm512_or_si512(a, b); }
+static inline rc_vec v_xor(rc_vec a, rc_vec b) { return _mm512_xor_si512(a, b); }
+static inline rc_vec v_mul(rc_vec a, rc_vec b) { return _mm512_mullo_epi32(a, b); }
+static inline rc_vec v_shr(rc_vec a, int k) { return _mm512_srli_epi32(a, (unsigned)k); }
+static inline rc_vec v_shl(rc_vec a, int k) { return _mm512_slli_epi32(a, (unsigned)k); }
+/* pick(a > b, if_true, if_false), unsigned 32-bit compare */
+static inline rc_vec v_pick_greater(rc_vec a, rc_vec b, rc_vec if_true, rc_vec if_false) {
+    return _mm512_mask_blend_epi32(_mm512_cmpgt_epu32_mask(a, b), if_false, if_true);
+}
+#define RC_HAVE_VECTORS 1
+#elif defined(__AVX2__)
+enum { RC_LANES = 8 };
+typedef __m256i rc_vec;
+static inline rc_vec v_set(uint32_t x) { return _mm256_set1_epi32((int)x); }
+static inline rc_vec v_index(uint32_t base) {
+    return _mm256_add_epi32(v_set(base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline rc_vec v_load_float(const float *p) { return _mm256_castps_si256(_mm256_loadu_ps(p)); }
+static inline rc_vec v_widen16(const uint16_t *p) {
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+static inline void v_store_float(float *p, rc_vec x) { _mm256_storeu_ps(p, _mm256_castsi256_ps(x)); }
+static inline void v_store16(uint16_t *p, rc_vec x) {      /* lanes hold values <= 0xFFFF */
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(x, x), 0xD8);
+    _mm_storeu_si128((__m128i *)p, _mm256_castsi256_si128(packed));
+}
+static inline rc_vec v_add(rc_vec a, rc_vec b) { return _mm256_add_epi32(a, b); }
+static inline rc_vec v_and(rc_vec a, rc_vec b) { return _mm256_and_si256(a, b); }
+static inline rc_vec v_or(rc_vec a, rc_vec b) { return _mm256_or_si256(a, b); }
+static inline rc_vec v_xor(rc_vec a, rc_vec b) { return _mm256_xor_si256(a, b); }
+static inline rc_vec v_mul(rc_vec a, rc_vec b) { return _mm256_mullo_epi32(a, b); }
+static inline rc_vec v_shr(rc_vec a, int k) { return _mm256_srli_epi32(a, k); }
+static inline rc_vec v_shl(rc_vec a, int k) { return _mm256_slli_epi32(a, k); }
+static inline rc_vec v_pick_greater(rc_vec a, rc_vec b, rc_vec if_true, rc_vec if_false) {
+    const rc_vec flip = v_set(0x80000000u);              /* unsigned order via signed compare */
+    const rc_vec mask = _mm256_cmpgt_epi32(v_xor(a, flip), v_xor(b, flip));
+    return _mm256_blendv_epi8(if_false, if_true, mask);
+}
+#define RC_HAVE_VECTORS 1
+#endif
+
+#ifdef RC_HAVE_VECTORS
+static inline ptrdiff_t widen_bfloat16_vector(const uint16_t *source, ptrdiff_t n, float *out) {
+    ptrdiff_t i = 0;
+    for (; i + RC_LANES <= n; i += RC_LANES) v_store_float(out + i, v_shl(v_widen16(source + i), 16));
+    return i;
+}
+static inline rc_vec v_fmix32(rc_vec h) {
+    h = v_xor(h, v_shr(h, 16));
+    h = v_mul(h, v_set(0x85EBCA6Bu));
+    h = v_xor(h, v_shr(h, 13));
+    h = v_mul(h, v_set(0xC2B2AE35u));
+    return v_xor(h, v_shr(h, 16));
+}
+/* round_bfloat16_nearest / _stochastic on lanes: (u + add) >> 16 keeps the sign for every
+ * non-NaN u; NaN lanes become sign | 0x7FC0. */
+static inline rc_vec v_round_bfloat16(rc_vec u, rc_vec add) {
+    const rc_vec rounded = v_shr(v_add(u, add), 16);
+    const rc_vec nan_bits = v_or(v_and(v_shr(u, 16), v_set(0x8000u)), v_set(0x7FC0u));
+    return v_pick_greater(v_and(u, v_set(0x7FFFFFFFu)), v_set(0x7F800000u), nan_bits, rounded);
+}
+static inline ptrdiff_t store_bfloat16_nearest_vector(const float *value, ptrdiff_t n,
+                                                      uint16_t *out) {
+    ptrdiff_t i = 0;
+    for (; i + RC_LANES <= n; i += RC_LANES) {
+        const rc_vec u = v_load_float(value + i);
+        const rc_vec add = v_add(v_set(0x7FFFu), v_and(v_shr(u, 16), v_set(1u)));
+        v_store16(out + i, v_round_bfloat16(u, add));
+    }
+    return i;
+}
+static inline ptrdiff_t store_bfloat16_stochastic_vector(const float *value, ptrdiff_t n,
+                                                         uint16_t *out, uint32_t low_base,
+                                                         uint32_t key_before, uint32_t key_after) {
+    ptrdiff_t i = 0;
+    for (; i + RC_LANES <= n; i += RC_LANES) {
+        const rc_vec low = v_index(low_base + (uint32_t)i);
+        /* a lane past a 2**32 boundary has low < low_base: it takes the next key */
+        const rc_vec key = v_pick_greater(v_set(low_base), low, v_set(key_after),
+                                          v_set(key_before));
+        const rc_vec random = v_shr(v_fmix32(v_xor(low, key)), 16);
+        v_store16(out + i, v_round_bfloat16(v_load_float(value + i), random));
+    }
+    return i;
+}
+#else
+static inline ptrdiff_t widen_bfloat16_vector(const uint16_t *, ptrdiff_t, float *) { return 0; }
+static inline ptrdiff_t store_bfloat16_nearest_vector(const float *, ptrdiff_t, uint16_t *) {
+    return 0;
+}
+static inline ptrdiff_t store_bfloat16_stochastic_vector(const float *, ptrdiff_t, uint16_t *,
+                                                         uint32_t, uint32_t, uint32_t) {
+    return 0;
+}
+#endif
 
 static void widen_block(int dtype, const uint16_t *__restrict source, ptrdiff_t n,
                         float *__restrict out) {
     if (dtype == RC_BFLOAT16) {
-        for (ptrdiff_t i = 0; i < n; ++i) out[i] = widen_bfloat16(source[i]);
+        for (ptrdiff_t i = widen_bfloat16_vector(source, n, out); i < n; ++i)
+            out[i] = widen_bfloat16(source[i]);
     } else {
         for (ptrdiff_t i = 0; i < n; ++i) out[i] = widen_float16(source[i]);
     }
@@ -94,16 +213,22 @@ static void widen_block(int dtype, const uint16_t *__restrict source, ptrdiff_t 
 static void store_bfloat16(const float *__restrict value, ptrdiff_t n, uint16_t *__restrict out,
                            bool stochastic, uint64_t key, ptrdiff_t first) {
     if (!stochastic) {
-        for (ptrdiff_t i = 0; i < n; ++i) out[i] = round_bfloat16_nearest(value[i]);
+        for (ptrdiff_t i = store_bfloat16_nearest_vector(value, n, out); i < n; ++i)
+            out[i] = round_bfloat16_nearest(value[i]);
         return;
     }
+    /* 16 bits per element: fmix32(low ^ high_key(high)) >> 16 (reference.random_bits). A
+     * block crosses at most one 2**32 boundary, so two keys serve it. */
     const uint32_t key_low = (uint32_t)key, key_high = (uint32_t)(key >> 32);
     const uint32_t low_base = (uint32_t)(uint64_t)first;
     const uint32_t high_base = (uint32_t)((uint64_t)first >> 32);
-    for (ptrdiff_t i = 0; i < n; ++i) {
-        const uint32_t low = low_base + (uint32_t)i;          /* n < 2**32: at most one carry */
-        const uint32_t high = high_base + (uint32_t)(low < low_base);
-        out[i] = round_bfloat16_stochastic(value[i], random16(low, high, key_low, key_high));
+    const uint32_t key_before = high_key(key_low, key_high, high_base);
+    const uint32_t key_after = high_key(key_low, key_high, high_base + 1u);
+    for (ptrdiff_t i = store_bfloat16_stochastic_vector(value, n, out, low_base, key_before,
+                                                        key_after); i < n; ++i) {
+        const uint32_t low = low_base + (uint32_t)i;
+        const uint32_t mixed = low ^ pick(low < low_base, key_after, key_before);
+        out[i] = round_bfloat16_stochastic(value[i], fmix32(mixed) >> 16);
     }
 }
 
