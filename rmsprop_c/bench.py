@@ -17,6 +17,8 @@ Sections (``--sections``; all by default):
   same-traffic row kernel.
 * ``clip``: gradient scaling and clipping by global norm fused into the step, against the
   plain step, NumPy clipping and torch's clip_grad_norm_ with torch.optim.RMSprop.
+* ``lowp``: bfloat16 params, state and param copies against the float32 step and each
+  family's own same-traffic kernel, on one 16M tensor and the transformer (needs ml_dtypes).
 * ``distributed`` (only when asked for): the sharded optimizer on 1, 2 and 4 MPI ranks
   (needs mpi4py and mpich).
 
@@ -49,7 +51,7 @@ from rmsprop_c._bench_sections import (latency_case, model_case, simd_case, skip
 
 __all__ = ["main", "build_parser", "run", "SECTIONS"]
 
-SECTIONS = ("sweep", "models", "latency", "simd", "loop", "torch", "rows", "clip",
+SECTIONS = ("sweep", "models", "latency", "simd", "loop", "torch", "rows", "clip", "lowp",
             "distributed")
 # Sections run when --sections is not given: the distributed one starts MPI jobs.
 DEFAULT_SECTIONS = tuple(name for name in SECTIONS if name != "distributed")
@@ -289,6 +291,12 @@ def run(settings, torch, no_torch=False):
         results["clip"] = _bench_clip.run(settings["quick"])
         print()
         print(_bench_clip.format_results(results["clip"]))
+    if "lowp" in sections:
+        from rmsprop_c import _bench_lowp
+        gc.collect()
+        results["lowp"] = _bench_lowp.run(settings["quick"])
+        print()
+        print(_bench_lowp.format_results(results["lowp"]))
     if "distributed" in sections:
         from rmsprop_c import _bench_distributed
         results["distributed"] = _bench_distributed.run(settings["quick"])

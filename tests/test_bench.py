@@ -239,3 +239,16 @@ def test_plot_without_matplotlib_says_how_to_get_it(capsys, monkeypatch, tmp_pat
     assert bench.main(["--quick", "--plot", str(tmp_path / "x.png")]) == 2
     captured = capsys.readouterr()
     assert "pip install matplotlib" in captured.err and captured.out == ""
+
+
+def test_lowp_section_reports_every_family_against_float32_and_its_ceiling(quick_run):
+    _, report, _ = quick_run
+    from rmsprop_c import _bench_lowp
+    if "skipped" in report["lowp"]:
+        pytest.skip(report["lowp"]["skipped"])
+    for case in report["lowp"]["cases"]:
+        assert [row["family"] for row in case["rows"]] == list(_bench_lowp.FAMILIES)
+        for row in case["rows"]:
+            assert row["fraction_of_ceiling"] > 0 and row["speedup_over_float32"] > 0
+            assert row["bytes_per_element"] == _bench_lowp.bytes_per_element(row["family"])
+    assert [_bench_lowp.bytes_per_element(f) for f in _bench_lowp.FAMILIES] == [20, 16, 10, 10, 22]
