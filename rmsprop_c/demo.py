@@ -299,6 +299,10 @@ def build_parser():
     parser.add_argument("--plot", type=_cli.output_file, metavar="FILE.png", default=None,
                         help="draw the loss curves of the main and compared flavors "
                              "(needs matplotlib)")
+    parser.add_argument("--low-precision", action="store_true",
+                        help="train with bfloat16 params, state or param copies and compare "
+                             "test accuracy with float32 (needs ml_dtypes); the other "
+                             "options are then those of the low-precision demo")
     parser.add_argument("--distributed", action="store_true",
                         help="train data-parallel over MPI ranks with sharded optimizer state; "
                              "run under mpiexec -n N (needs mpi4py and mpich); the other "
@@ -324,6 +328,9 @@ def main(argv=None):
     if "--distributed" in argv:
         from rmsprop_c._demo_distributed import main as distributed_main
         return distributed_main([arg for arg in argv if arg != "--distributed"])
+    if "--low-precision" in argv:
+        from rmsprop_c._demo_lowp import main as low_precision_main
+        return low_precision_main([arg for arg in argv if arg != "--low-precision"])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.task == "regression" and args.plot:
