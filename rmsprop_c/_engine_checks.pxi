@@ -87,7 +87,7 @@ cdef int _engine_check_grad(MultiTensorStep self, object grad, Py_ssize_t i) exc
                 _check_shape(array, param, f"grads[{i}]", f"params[{i}]")
             else:
                 _check_like(array, param, "grads", "params", i)
-    elif _is_low_precision(grad) or self.tensor_lowp[i].param_dtype == RC_BFLOAT16:
+    elif _is_low_precision(grad) or self.tensor_lowp[i].param_dtype >= RC_BFLOAT16:
         array = _engine_lowp_grad(self, grad, i)
     else:
         array = _check_array(grad, "grads", False, i)

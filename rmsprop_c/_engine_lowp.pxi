@@ -4,16 +4,16 @@
 
 
 cdef cnp.ndarray _engine_param_array(object value, Py_ssize_t i):
-    """params[i]: float32/float64 as ever, or bfloat16."""
+    """params[i]: float32/float64 as ever, or bfloat16/float16."""
     if _is_low_precision(value):
-        return _check_lowp_array(value, f"params[{i}]", True, _F32 | _BF16 | (1 << RC_FLOAT64))
+        return _check_lowp_array(value, f"params[{i}]", True, _F32 | _BF16 | _F16)
     return _check_array(value, "params", True, i)
 
 
 cdef cnp.ndarray _engine_state_array(MultiTensorStep self, object value, str name,
                                      cnp.ndarray param, Py_ssize_t i):
-    """A state buffer: the param's dtype, or float32/bfloat16 for float32/bfloat16 params
-    (every state buffer of a tensor alike)."""
+    """A state buffer: the param's dtype, or float32/bfloat16/float16 for params of those
+    dtypes (every state buffer of a tensor alike)."""
     cdef int param_code = _any_dtype_code(param)
     cdef cnp.ndarray array
     if param_code == RC_FLOAT64:

@@ -120,10 +120,9 @@ def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, cente
 
     Notes
     -----
-    Low precision (docs/low-precision.md): a float32 param takes float32, bfloat16 or
-    float16 grads and float32 or bfloat16 state; a bfloat16 param takes the same grads and
-    float32 or bfloat16 state. The state dtype is the dtype of the state buffers (all
-    alike). Arithmetic is float32; each low-precision buffer is rounded once on store.
+    Low precision (docs/low-precision.md): a float32, bfloat16 or float16 param takes
+    grads and state of any of these three dtypes (all state buffers alike). Arithmetic is
+    float32; each low-precision buffer is rounded once on store.
 
     Raises
     ------

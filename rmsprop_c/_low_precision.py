@@ -17,8 +17,8 @@ __all__ = ["BFLOAT16", "STEPPABLE", "state_dtype_for", "check_param_copies", "en
            "stored_dtype"]
 
 # Param dtypes the step takes (bfloat16 only with ml_dtypes installed).
-STEPPABLE = tuple(d for d in (np.dtype(np.float32), np.dtype(np.float64), BFLOAT16)
-                  if d is not None)
+STEPPABLE = tuple(d for d in (np.dtype(np.float32), np.dtype(np.float64), BFLOAT16,
+                              np.dtype(np.float16)) if d is not None)
 # How a bfloat16 array is stored in a checkpoint: its bits as uint16, with a dtype tag.
 _TAG = "bfloat16"
 
@@ -33,7 +33,7 @@ def _named(name):
 
 def state_dtype_for(param, state_dtype, index):
     """The dtype of params[index]'s state: the param's (``state_dtype`` None), or the named
-    one ("float32" or "bfloat16") for float32 and bfloat16 params; float64 params keep
+    one ("float32", "bfloat16" or "float16") for the other params; float64 params keep
     float64 state (their arithmetic is float64)."""
     if state_dtype is None or param.dtype == np.float64:
         return param.dtype

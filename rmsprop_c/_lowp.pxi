@@ -91,8 +91,8 @@ cdef int _check_shape(cnp.ndarray array, cnp.ndarray reference, str name,
 
 
 cdef int _lowp_state_rule(int param_code) noexcept:
-    """State dtypes a param may have: float32 or bfloat16 for float32/bfloat16 params."""
-    return _F32 | _BF16
+    """State dtypes a param may have: float32, bfloat16 or float16 for any of those params."""
+    return _F32 | _BF16 | _F16
 
 
 cdef int _collect_lowp(object param, object grad, object square_avg, object momentum_buffer,
@@ -101,7 +101,7 @@ cdef int _collect_lowp(object param, object grad, object square_avg, object mome
     """Checks one low-precision tensor's buffers and fills `buffers` and `lowp` (dtypes and
     copy; the caller sets run, stochastic and keys). Nothing is written."""
     cdef cnp.ndarray param_array = _check_lowp_array(
-        param, "param", True, _F32 | _BF16,
+        param, "param", True, _F32 | _BF16 | _F16,
         " with bfloat16/float16 buffers (float64 params take float64 buffers only)")
     cdef cnp.ndarray grad_array = _check_lowp_array(grad, "grad", False, _F32 | _BF16 | _F16)
     _check_shape(grad_array, param_array, "grad", "param")

@@ -107,11 +107,13 @@ OPTIMIZER_OPTIONS = (
     # Low precision: state dtype (None: the param's; bfloat16 state for float32 or bfloat16
     # params), how low-precision stores round, and the key of the stochastic bits.
     Option("state_dtype", "choice", None,
-           "dtype of the state buffers: None (the param's, float32 for bfloat16 params), "
-           "'float32' or 'bfloat16'", optional=True, kernel="construction",
-           choices=("float32", "bfloat16"), test_values=(None, "float32", "bfloat16")),
+           "dtype of the state buffers of non-float64 params: None (the param's), "
+           "'float32', 'bfloat16' or 'float16'", optional=True, kernel="construction",
+           choices=("float32", "bfloat16", "float16"),
+           test_values=(None, "float32", "bfloat16", "float16")),
     Option("rounding", "choice", "nearest",
-           "how bfloat16 params and state are stored: 'nearest' (even) or 'stochastic'",
+           "how bfloat16 params and state are stored: 'nearest' (even) or 'stochastic' "
+           "(float16 stores always round to nearest)",
            choices=("nearest", "stochastic"), test_values=("nearest", "stochastic")),
     Option("seed", "int", 0, "key of the stochastic rounding bits (with step, tensor, element)",
            low=0, high=(1 << 64) - 1, test_values=(0, 12345)),
@@ -256,7 +258,7 @@ def _dtype_name(value, name):
     try:
         return np.dtype(value).name
     except TypeError:
-        raise TypeError(f"{name} must be None, 'float32' or 'bfloat16', got "
+        raise TypeError(f"{name} must be None, 'float32', 'bfloat16' or 'float16', got "
                         f"{type(value).__name__} {value!r}") from None
 
 

@@ -90,10 +90,11 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
     skip_nonfinite : bool, default False
         When True, a step whose grads hold NaN or Inf (after grad_scale) changes nothing,
         counts ``skipped_steps`` and returns False.
-    state_dtype : None, "float32" or "bfloat16"
-        dtype of the state buffers of float32 and bfloat16 params (None: the param's).
-        Params may be bfloat16 (``ml_dtypes.bfloat16``); grads may be float32, bfloat16 or
-        float16 for them. Arithmetic is float32; see docs/low-precision.md.
+    state_dtype : None, "float32", "bfloat16" or "float16"
+        dtype of the state buffers of all but float64 params (None: the param's). Params
+        may be bfloat16 (``ml_dtypes.bfloat16``) or float16; grads of non-float64 params
+        may be any of float32, bfloat16, float16. Arithmetic is float32; see
+        docs/low-precision.md.
     rounding : "nearest" or "stochastic", default "nearest"
         How bfloat16 params and state are stored: to nearest-even, or stochastically with
         bits keyed by (seed, step count, param index, element index): the same bits for

@@ -236,9 +236,11 @@ static void store_float16(const float *__restrict value, ptrdiff_t n, uint16_t *
     for (ptrdiff_t i = 0; i < n; ++i) out[i] = round_float16_nearest(value[i]);
 }
 
-static inline void store_copy(int dtype, const float *value, ptrdiff_t n, uint16_t *out) {
+/* A low-precision store: bfloat16 as `stochastic` says, float16 always to nearest. */
+static inline void store_low(int dtype, const float *value, ptrdiff_t n, uint16_t *out,
+                             bool stochastic, uint64_t key, ptrdiff_t first) {
     if (dtype == RC_BFLOAT16)
-        store_bfloat16(value, n, out, false, 0, 0);
+        store_bfloat16(value, n, out, stochastic, key, first);
     else
         store_float16(value, n, out);
 }
@@ -273,7 +275,7 @@ static void lowp_run(rc_kernel_fn kernel, const rc_hyper *hyper, const rc_buffer
         }
         float *param;
         if (wide_param) {
-            widen_block(RC_BFLOAT16, static_cast<uint16_t *>(buffers->param) + first, n,
+            widen_block(lowp->param_dtype, static_cast<uint16_t *>(buffers->param) + first, n,
                         param_block);
             param = param_block;
         } else {
@@ -284,7 +286,7 @@ static void lowp_run(rc_kernel_fn kernel, const rc_hyper *hyper, const rc_buffer
             if (states[k] == nullptr) {
                 state[k] = nullptr;
             } else if (wide_state) {
-                widen_block(RC_BFLOAT16, static_cast<uint16_t *>(states[k]) + first, n,
+                widen_block(lowp->state_dtype, static_cast<uint16_t *>(states[k]) + first, n,
                             state_blocks[k]);
                 state[k] = state_blocks[k];
             } else {
@@ -294,16 +296,18 @@ static void lowp_run(rc_kernel_fn kernel, const rc_hyper *hyper, const rc_buffer
         rc_buffers local = {param, grad, state[0], state[1], state[2], state[3], nullptr};
         kernel(hyper, &local, 0, n);
         if (wide_param)
-            store_bfloat16(param, n, static_cast<uint16_t *>(buffers->param) + first,
-                           stochastic, lowp->keys[0], first);
+            store_low(lowp->param_dtype, param, n,
+                      static_cast<uint16_t *>(buffers->param) + first, stochastic,
+                      lowp->keys[0], first);
         if (wide_state)
             for (int k = 0; k < 4; ++k)
                 if (states[k] != nullptr)
-                    store_bfloat16(state[k], n, static_cast<uint16_t *>(states[k]) + first,
-                                   stochastic, lowp->keys[k + 1], first);
+                    store_low(lowp->state_dtype, state[k], n,
+                              static_cast<uint16_t *>(states[k]) + first, stochastic,
+                              lowp->keys[k + 1], first);
         if (lowp->param_copy != nullptr)
-            store_copy(lowp->copy_dtype, param, n,
-                       static_cast<uint16_t *>(lowp->param_copy) + first);
+            store_low(lowp->copy_dtype, param, n,
+                      static_cast<uint16_t *>(lowp->param_copy) + first, false, 0, first);
     }
 }
 

@@ -105,9 +105,9 @@ typedef void (*rc_lowp_fn)(rc_kernel_fn kernel, const rc_hyper *hyper,
                            ptrdiff_t stop);
 struct rc_lowp {
     rc_lowp_fn run;
-    int param_dtype;            /* RC_FLOAT32 or RC_BFLOAT16 */
+    int param_dtype;            /* RC_FLOAT32, RC_BFLOAT16 or RC_FLOAT16 */
     int grad_dtype;             /* RC_FLOAT32, RC_BFLOAT16 or RC_FLOAT16 */
-    int state_dtype;            /* RC_FLOAT32 or RC_BFLOAT16 (every state buffer) */
+    int state_dtype;            /* the same three (every state buffer alike) */
     int copy_dtype;             /* RC_BFLOAT16 or RC_FLOAT16 when param_copy is set */
     int stochastic;             /* bfloat16 stores round stochastically */
     void *param_copy;

@@ -23,6 +23,7 @@ SIZES = (3000, 17, 70001)
 FAMILIES = {
     "float32 params, low-precision grads": ((F32,) * 3, (BF16, F16, F32), None),
     "bfloat16 params": ((BF16,) * 3, (BF16, BF16, F32), None),
+    "float16 params": ((F16, F16, BF16), (F16, F32, BF16), None),
     "float32 masters with copies": ((F32,) * 3, (F32, BF16, F32), (BF16, None, F16)),
     "mixed with float64": ((F32, F64, BF16), (F16, F64, BF16), (BF16, None, None)),
 }
@@ -82,7 +83,7 @@ def test_the_engine_equals_the_numpy_twin(family, state_dtype, rounding):
 def test_state_dtype_sets_the_state_buffers():
     params = [np.zeros(4, F32), np.zeros(4, BF16), np.zeros(4, F64)]
     dtypes = {None: [F32, BF16, F64], "float32": [F32, F32, F64],
-              "bfloat16": [BF16, BF16, F64]}
+              "bfloat16": [BF16, BF16, F64], "float16": [F16, F16, F64]}
     for state_dtype, expected in dtypes.items():
         opt = rc.RMSprop(params, lr=0.1, momentum=0.9, state_dtype=state_dtype)
         assert [s["square_avg"].dtype for s in opt.state] == expected
@@ -162,7 +163,7 @@ def test_a_bfloat16_buffer_without_its_tag_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, grads_dtypes, error, name", [
-    (dict(state_dtype="float16"), None, ValueError, "state_dtype"),
+    (dict(state_dtype="int8"), None, ValueError, "state_dtype"),
     (dict(rounding="even"), None, ValueError, "rounding"),
     (dict(seed=-3), None, ValueError, "seed"),
     (dict(param_copies=[None]), None, ValueError, "param_copies"),
