@@ -23,18 +23,28 @@ except ImportError as error:          # torch is an optional dependency
     ) from error
 
 from rmsprop_c import _kernels
+from rmsprop_c._low_precision import BFLOAT16
 from rmsprop_c._options import GROUP_KEYS, MAX_STEP, check_option, state_layout
 from rmsprop_c.flavors import FOLLOW_EPS, HYPERPARAMETERS, get_flavor
 
 __all__ = ["RMSprop"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+# bfloat16 tensors are seen through NumPy as ml_dtypes.bfloat16 (when installed).
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16) + (
+    (torch.bfloat16,) if BFLOAT16 is not None else ())
 # torch's wording for the options it checks, so code matching its messages keeps working.
 _TORCH_LABELS = {"lr": "learning rate", "eps": "epsilon value", "momentum": "momentum value",
                  "weight_decay": "weight_decay value", "alpha": "alpha value"}
 _grad_of = attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _tensor_numpy = torch.Tensor.numpy
+
+
+def _numpy_view(tensor):
+    """A NumPy view of a CPU tensor's memory; bfloat16 through its bits, zero-copy."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(BFLOAT16)
+    return tensor.numpy()
 
 
 def _scalar_dtype():
@@ -78,7 +88,8 @@ def _check_param(param, index):
                          "dense tensors only")
     if param.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(f"{name} has dtype {param.dtype}; rmsprop_c.torch.RMSprop steps "
-                        "torch.float32 and torch.float64 tensors")
+                        "torch.float32, float64, float16 and bfloat16 (with ml_dtypes) "
+                        "tensors")
     if not param.is_contiguous():
         raise ValueError(f"{name} is not contiguous (strides {param.stride()} for shape "
                          f"{tuple(param.shape)}); rmsprop_c.torch.RMSprop updates contiguous "
@@ -97,7 +108,8 @@ class RMSprop(torch.optim.Optimizer):
     Parameters
     ----------
     params : iterable of torch.Tensor or dict
-        Parameters (CPU, float32 or float64, contiguous) or param group dicts.
+        Parameters (CPU, float32, float64, float16 or bfloat16, contiguous) or param
+        group dicts. Low-precision params step in float32 with state of their own dtype.
     lr, alpha, eps, weight_decay, momentum, centered, maximize : optional
         As in :class:`torch.optim.RMSprop`. None takes the flavor's default (for the
         default flavor "torch": lr 1e-2, alpha 0.99, eps 1e-8, no weight decay, no
@@ -116,6 +128,9 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         The other options of :class:`rmsprop_c.RMSprop`; None takes the flavor's default.
     n_threads : int or None
         Threads per step; None follows OpenMP's setting.
+    rounding, seed : optional
+        How bfloat16 params and state are stored ("nearest" or "stochastic") and the seed
+        of the stochastic bits, as in :class:`rmsprop_c.RMSprop`.
     skip_nonfinite : bool, default False
         When True, a step whose gradients hold NaN or Inf changes nothing and counts
         ``skipped_steps``.
@@ -142,7 +157,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
                  differentiable=False, fused=None, *, flavor="torch", nesterov=None,
                  decoupled_weight_decay=None, amsgrad=None, bias_correction=None,
                  eps_in_sqrt=None, lr_in_momentum=None, initial_accumulator_value=None,
-                 grad_scale=None, clip_value=None, n_threads=None, skip_nonfinite=False):
+                 grad_scale=None, clip_value=None, n_threads=None, skip_nonfinite=False,
+                 rounding="nearest", seed=0):
         flavor = get_flavor(flavor)
         if fused is not None and not fused:
             raise ValueError("fused=False: rmsprop_c.torch.RMSprop always runs the fused "
@@ -171,6 +187,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         self.n_threads = n_threads
         self.skip_nonfinite = bool(skip_nonfinite)
         self.skipped_steps = 0
+        self.rounding = check_option("rounding", rounding)
+        self.seed = check_option("seed", seed)
         self._invalidate()
         super().__init__(params, defaults)
 
@@ -209,7 +227,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         state["_rmsprop_c"] = {"flavor": self.flavor.name, "n_threads": self.n_threads,
                                "skip_nonfinite": self.skip_nonfinite,
                                "skipped_steps": self.skipped_steps,
-                               "follow_eps": self._follow_eps}
+                               "follow_eps": self._follow_eps,
+                               "rounding": self.rounding, "seed": self.seed}
         return state
 
     def __setstate__(self, state):
@@ -234,6 +253,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             self.skip_nonfinite = settings["skip_nonfinite"]
             self.skipped_steps = settings["skipped_steps"]
             self._follow_eps = settings["follow_eps"]
+            self.rounding = settings.get("rounding", "nearest")
+            self.seed = settings.get("seed", 0)
         self._invalidate()
 
     def _invalidate(self):
@@ -284,9 +305,10 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             steps.append(self._read_step(state, index))
         scalar_dtype = _scalar_dtype()
         engine = _kernels.MultiTensorStep(
-            [param.detach().numpy() for param in params], group_of_param, state_views,
+            [_numpy_view(param.detach()) for param in params], group_of_param, state_views,
             len(self.param_groups))
         engine.set_tensor_steps(steps)
+        engine.set_rounding(self.rounding, self.seed)
         # state["step"]: 0-d views of one tensor, counted by one op per step.
         counts = torch.tensor(steps, dtype=scalar_dtype)
         for index, param in enumerate(params):
@@ -335,13 +357,13 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             elif not buffer.is_contiguous():
                 buffer = buffer.contiguous()
                 state[key] = buffer
-            views[key] = buffer.detach().numpy()
+            views[key] = _numpy_view(buffer.detach())
         for key in ("momentum_buffer", "grad_avg", "max_square_avg"):
             buffer = state.get(key)
             if key not in views and isinstance(buffer, torch.Tensor) \
                     and buffer.shape == param.shape and buffer.dtype == param.dtype \
                     and buffer.is_contiguous() and buffer.device == param.device:
-                views[key] = buffer.detach().numpy()     # kept: the option may come back on
+                views[key] = _numpy_view(buffer.detach())   # kept: the option may come back
         return views
 
     # -------------------------------------------------------------------------------
@@ -383,7 +405,7 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             grad = grad.detach()
             if not grad.is_contiguous():
                 grad = grad.contiguous()       # a copy is fine: grads are only read
-            views.append(grad.numpy())
+            views.append(_numpy_view(grad))
         return views
 
     def _grad_views_cached(self, grads):
