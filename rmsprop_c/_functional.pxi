@@ -225,7 +225,8 @@ def global_grad_norm(grads, norm_type=2, *, grad_scale=1.0, clip_value=INFINITY,
     Parameters
     ----------
     grads : sequence of numpy.ndarray
-        float32 or float64, C-contiguous arrays (dtypes may differ); never written.
+        float32 or float64, C-contiguous arrays (dtypes may differ; bfloat16 and float16
+        ones are widened to float32); never written.
     norm_type : 2 or inf, default 2
         The Euclidean norm (summed in float64) or the largest magnitude.
     grad_scale : float, default 1
@@ -255,14 +256,16 @@ def global_grad_norm(grads, norm_type=2, *, grad_scale=1.0, clip_value=INFINITY,
     cdef int threads = _thread_count(n_threads)
     if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
         raise TypeError(f"grads must be a list or tuple of arrays, got {type(grads).__name__}")
-    cdef list arrays = [_check_array(grad, "grads", False, i) for i, grad in enumerate(grads)]
+    cdef list arrays = [_check_lowp_array(grad, f"grads[{i}]", False, _F32 | _BF16 | _F16)
+                        if _is_low_precision(grad) else _check_array(grad, "grads", False, i)
+                        for i, grad in enumerate(grads)]     # low precision: widened, float32
     cdef Py_ssize_t n = len(arrays), i
     cdef rc_hyper hyper
     memset(&hyper, 0, sizeof(rc_hyper))
     hyper.grad_scale = options.values[_GRAD_SCALE]
     hyper.clip_value = options.values[_CLIP_VALUE]
     for i in range(n):
-        if _dtype_code(<cnp.ndarray>arrays[i]) == RC_FLOAT32 and (
+        if _any_dtype_code(<cnp.ndarray>arrays[i]) != RC_FLOAT64 and (
                 not isfinite(<float>hyper.grad_scale) or <float>hyper.grad_scale == 0):
             raise ValueError(f"grad_scale = {hyper.grad_scale!r} is not representable as a "
                              f"positive float32, the dtype of grads[{i}]")
@@ -286,7 +289,7 @@ def global_grad_norm(grads, norm_type=2, *, grad_scale=1.0, clip_value=INFINITY,
             array = <cnp.ndarray>arrays[i]
             offsets[i + 1] = offsets[i] + _size(array)
             chunk_offsets[i + 1] = chunk_offsets[i] + _chunks_of(_size(array))
-            checks[i] = rc_get_nonfinite_check(_simd, _dtype_code(array))
+            checks[i] = rc_get_nonfinite_check(_simd, _any_dtype_code(array))
             hypers[i] = &hyper
             buffers[i].grad = cnp.PyArray_DATA(array)
             buffer_pointers[i] = &buffers[i]

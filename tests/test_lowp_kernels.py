@@ -317,3 +317,17 @@ def test_rounding_is_checked_on_float_buffers_too():
         rmsprop_c.rmsprop_step(**buffers, lr=0.01, alpha=0.9, eps=1e-8, momentum=0.9,
                                rounding="down")
     assert math.isfinite(float(buffers["param"][0]))
+
+
+@pytest.mark.parametrize("norm_type", [2, math.inf])
+def test_global_grad_norm_widens_low_precision_grads(norm_type):
+    rng = np.random.default_rng(4)
+    grads = [rng.standard_normal(n).astype(np.float32).astype(d)
+             for n, d in ((5000, BF16), (3, F16), (70_000, F32), (1025, BF16))]
+    grads[0][7] = np.float32(3e38).astype(BF16)
+    expected = reference.global_grad_norm(grads, norm_type, grad_scale=0.5, clip_value=2.0)
+    for n_threads in (1, 2, 3):
+        assert rmsprop_c.global_grad_norm(grads, norm_type, grad_scale=0.5, clip_value=2.0,
+                                          n_threads=n_threads) == expected
+    assert rmsprop_c.global_grad_norm(grads[:1], norm_type) == \
+        reference.global_grad_norm([reference.widen(grads[0])], norm_type)
