@@ -26,6 +26,8 @@ STATE_NAMES = ("square_avg", "momentum_buffer", "grad_avg", "max_square_avg")
 LOWP_OPTIONS = {o.name: o for o in OPTIMIZER_OPTIONS if o.name in ("rounding", "seed")}
 ROUNDINGS = LOWP_OPTIONS["rounding"].test_values
 SEEDS = LOWP_OPTIONS["seed"].test_values
+# The (rounding, seed) pairs every grid below runs: each value of both appears once.
+KEY_GRID = list(zip(ROUNDINGS, SEEDS))
 
 
 def families():
@@ -170,8 +172,12 @@ def test_the_generator_is_pinned():
 # Kernels against the spec
 
 def test_the_grid_covers_every_low_precision_value():
+    # A new optimizer-wide option needs its grid (and a line here); the norm options have
+    # theirs in test_preprocessing.py, state_dtype in test_lowp_optimizer.py.
+    assert {o.name for o in OPTIMIZER_OPTIONS} == {"max_grad_norm", "norm_type", "state_dtype",
+                                                   "rounding", "seed"}
     assert set(LOWP_OPTIONS["rounding"].test_values) == set(LOWP_OPTIONS["rounding"].choices)
-    covered = {"rounding": set(ROUNDINGS), "seed": set(SEEDS)}
+    covered = {"rounding": {r for r, _ in KEY_GRID}, "seed": {s for _, s in KEY_GRID}}
     for name, option in LOWP_OPTIONS.items():
         assert set(option.test_values) <= covered[name], name
     dtypes = {d for family in FAMILIES for d in family}
@@ -184,14 +190,14 @@ def test_the_grid_covers_every_low_precision_value():
 def test_every_family_on_the_covering_options(family, size):
     for index, options in enumerate(covering_option_sets()):
         options = dict(options, grad_scale=0.5, clip_value=2.0) if index % 3 == 1 else options
-        for rounding, seed in zip(ROUNDINGS, SEEDS):
+        for rounding, seed in KEY_GRID:
             check(family, options, size, rounding, seed, (1, 2, 3), rng_seed=index)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=family_id)
 def test_large_tensors_across_thread_counts(family):
     options = dict(lr=0.003, alpha=0.95, eps=1e-8, momentum=0.9, centered=True, amsgrad=True)
-    for rounding, seed in zip(ROUNDINGS, SEEDS):
+    for rounding, seed in KEY_GRID:
         check(family, options, 200_003, rounding, seed, (1, 2, 3), rng_seed=7)
 
 
@@ -208,7 +214,7 @@ def test_every_simd_target(simd, restore_simd):
     options = dict(lr=0.01, alpha=0.9, eps=1e-8, momentum=0.9, nesterov=True,
                    weight_decay=0.01, grad_scale=0.25, clip_value=1.0)
     for family in FAMILIES:
-        for rounding, seed in zip(ROUNDINGS, SEEDS):
+        for rounding, seed in KEY_GRID:
             check(family, options, 1031, rounding, seed, (1, 2), rng_seed=3)
 
 
