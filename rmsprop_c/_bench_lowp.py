@@ -11,8 +11,8 @@ Families (``RMSprop.step``, plain RMSprop, medians of interleaved repeats):
 
 Each family is also timed against its own same-traffic kernel (integer adds over exactly
 the same buffers, :func:`rmsprop_c._kernels.same_traffic_step`), in the same process. Cases:
-one 16M-element tensor and the 148-tensor transformer (its same-traffic kernel runs over
-one flat buffer of the same total).
+one 16M-element tensor (every thread, then one) and the 148-tensor transformer (its
+same-traffic kernel runs over one flat buffer of the same total).
 """
 
 import numpy as np
@@ -124,6 +124,8 @@ def run(quick=False):
     return {
         "threads": n_threads, "quick": bool(quick),
         "cases": [_case(f"{format_size(size)}, one tensor", [(size,)], n_threads, settings, rng),
+                  _case(f"{format_size(size)}, one tensor, 1 thread", [(size,)], 1, settings,
+                        rng),
                   _case(f"transformer ({len(transformer)} tensors)", transformer, n_threads,
                         settings, rng)],
     }
@@ -133,7 +135,7 @@ def format_results(results):
     """Plain-text tables of :func:`run`'s results."""
     if "skipped" in results:
         return f"Low precision: skipped ({results['skipped']})"
-    lines = [f"Low precision (bfloat16), plain RMSprop, {results['threads']} threads"]
+    lines = [f"Low precision (bfloat16), plain RMSprop, up to {results['threads']} threads"]
     for case in results["cases"]:
         lines.append(f"  {case['case']}: {case['elements']:,} elements")
         lines.append(f"    {'family':<38} {'B/elem':>6} {'ms':>9} {'vs float32':>11} "
