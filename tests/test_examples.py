@@ -30,7 +30,7 @@ def check_ran(result):
 
 
 def test_every_example_has_a_test():
-    tested = {"mlp_numpy.py", "custom_framework.py", "torch_inplace.py",
+    tested = {"mlp_numpy.py", "custom_framework.py", "torch_inplace.py", "bfloat16_params.py",
               "torch_dropin.py"}        # run by tests/test_torch_dropin_example.py
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
@@ -50,6 +50,17 @@ def test_custom_framework_fits_the_sine():
     assert match, result.stdout
     first, final = map(float, match.groups())
     assert final < first / 100
+
+
+def test_bfloat16_params_fit_with_stochastic_rounding_and_stall_to_nearest():
+    pytest.importorskip("ml_dtypes")
+    result = run_example("bfloat16_params.py")
+    check_ran(result)
+    mse = {kind: float(value) for kind, value in re.findall(
+        r"^mse with bfloat16 weights, (rounded to nearest|stochastic rounding): ([\d.]+)$",
+        result.stdout, re.MULTILINE)}
+    assert mse["stochastic rounding"] < 0.01 < 1.0 < mse["rounded to nearest"], result.stdout
+    assert "bit-identical on 1 and 2 threads: True" in result.stdout
 
 
 def test_torch_inplace_updates_the_torch_tensors():

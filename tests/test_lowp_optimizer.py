@@ -180,3 +180,15 @@ def test_bad_low_precision_input_is_refused_naming_it(kwargs, grads_dtypes, erro
         opt = rc.RMSprop(params, lr=0.1, **kwargs)
         opt.step([np.ones(p.shape, d) for p, d in zip(params, grads_dtypes)])
     assert [p.tobytes() for p in params] == before
+
+
+def test_skip_nonfinite_sees_nan_in_low_precision_grads():
+    params = [np.ones(3000, BF16), np.ones(70, F32)]
+    opt = rc.RMSprop(params, lr=0.1, skip_nonfinite=True)
+    before = [p.tobytes() for p in params] + [s["square_avg"].tobytes() for s in opt.state]
+    bad = np.ones(3000, BF16)
+    bad[2999] = np.nan
+    assert opt.step([bad, np.ones(70, F16)]) is False
+    assert opt.skipped_steps == 1
+    assert [p.tobytes() for p in params] + [s["square_avg"].tobytes() for s in opt.state] == before
+    assert opt.step([np.ones(3000, BF16), np.ones(70, F16)]) is True
