@@ -149,7 +149,8 @@ def rmsprop_step(param, grad, square_avg, *, lr, alpha, eps, momentum=0.0, cente
     cdef int threads = _thread_count(n_threads)
     cdef bint stochastic = _read_rounding(rounding)
     cdef uint64_t seed_value = _read_seed(seed)
-    cdef Py_ssize_t tensor = 0 if tensor_index is 0 else _check_step(tensor_index, "tensor_index", 0)
+    cdef Py_ssize_t tensor = 0 if type(tensor_index) is int and tensor_index == 0 else \
+        _check_step(tensor_index, "tensor_index", 0)
     if param_copy is not None or _is_low_precision(param) or _is_low_precision(grad) or \
             _is_low_precision(square_avg):        # low precision: _lowp.pxi
         return _lowp_functional(&options, step_count, threads, n_threads is None, param, grad,

@@ -163,7 +163,7 @@ cdef void _lowp_keys(rc_lowp *lowp, uint64_t seed, long long step,
 
 cdef bint _read_rounding(object rounding) except -1:
     """True for "stochastic", False for "nearest"; the registry explains anything else."""
-    if rounding == "nearest" and type(rounding) is str:
+    if type(rounding) is str and rounding == "nearest":
         return False
     return _check_option("rounding", rounding) == "stochastic"
 

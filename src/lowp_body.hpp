@@ -88,6 +88,9 @@ static inline uint32_t high_key(uint32_t key_low, uint32_t key_high, uint32_t hi
 #if defined(__AVX512F__)
 enum { RC_LANES = 16 };
 typedef __m512i rc_vec;
+/* The zero-masked forms with every lane selected: the same instructions, and GCC 12 does
+ * not warn about the "undefined" pass-through operand of the unmasked forms. */
+static const __mmask16 RC_ALL_LANES = 0xFFFF;
 static inline rc_vec v_set(uint32_t x) { return _mm512_set1_epi32((int)x); }
 static inline rc_vec v_index(uint32_t base) {
     return _mm512_add_epi32(v_set(base), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
@@ -95,19 +98,23 @@ static inline rc_vec v_index(uint32_t base) {
 }
 static inline rc_vec v_load_float(const float *p) { return _mm512_castps_si512(_mm512_loadu_ps(p)); }
 static inline rc_vec v_widen16(const uint16_t *p) {
-    return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_maskz_cvtepu16_epi32(RC_ALL_LANES, _mm256_loadu_si256((const __m256i *)p));
 }
 static inline void v_store_float(float *p, rc_vec x) { _mm512_storeu_ps(p, _mm512_castsi512_ps(x)); }
 static inline void v_store16(uint16_t *p, rc_vec x) {
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(x));
+    _mm256_storeu_si256((__m256i *)p, _mm512_maskz_cvtepi32_epi16(RC_ALL_LANES, x));
 }
 static inline rc_vec v_add(rc_vec a, rc_vec b) { return _mm512_add_epi32(a, b); }
 static inline rc_vec v_and(rc_vec a, rc_vec b) { return _mm512_and_si512(a, b); }
 static inline rc_vec v_or(rc_vec a, rc_vec b) { return _mm512_or_si512(a, b); }
 static inline rc_vec v_xor(rc_vec a, rc_vec b) { return _mm512_xor_si512(a, b); }
 static inline rc_vec v_mul(rc_vec a, rc_vec b) { return _mm512_mullo_epi32(a, b); }
-static inline rc_vec v_shr(rc_vec a, int k) { return _mm512_srli_epi32(a, (unsigned)k); }
-static inline rc_vec v_shl(rc_vec a, int k) { return _mm512_slli_epi32(a, (unsigned)k); }
+static inline rc_vec v_shr(rc_vec a, int k) {
+    return _mm512_maskz_srli_epi32(RC_ALL_LANES, a, (unsigned)k);
+}
+static inline rc_vec v_shl(rc_vec a, int k) {
+    return _mm512_maskz_slli_epi32(RC_ALL_LANES, a, (unsigned)k);
+}
 /* pick(a > b, if_true, if_false), unsigned 32-bit compare */
 static inline rc_vec v_pick_greater(rc_vec a, rc_vec b, rc_vec if_true, rc_vec if_false) {
     return _mm512_mask_blend_epi32(_mm512_cmpgt_epu32_mask(a, b), if_false, if_true);

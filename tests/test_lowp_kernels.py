@@ -337,3 +337,10 @@ def test_global_grad_norm_widens_low_precision_grads(norm_type):
                                           n_threads=n_threads) == expected
     assert rmsprop_c.global_grad_norm(grads[:1], norm_type) == \
         reference.global_grad_norm([reference.widen(grads[0])], norm_type)
+
+
+def test_array_valued_rounding_is_refused_naming_it():
+    buffers = buffers_of(BF16, BF16, BF16)
+    with pytest.raises(TypeError, match="rounding"):
+        rmsprop_c.rmsprop_step(**buffers, lr=0.01, alpha=0.9, eps=1e-8, momentum=0.9,
+                               rounding=np.array(["nearest"]))
