@@ -102,6 +102,15 @@ class MultiTensorStep:
         max_grad_norm: float | None = None,
         norm_type: float = 2.0,
     ) -> bool: ...
+    def step_addresses(
+        self,
+        addresses: npt.ArrayLike,
+        param_groups: list[dict[str, Any]],
+        n_threads: int | None = None,
+        skip_nonfinite: bool = False,
+        max_grad_norm: float | None = None,
+        norm_type: float = 2.0,
+    ) -> bool: ...
     @property
     def last_grad_norm(self) -> float | None: ...
 

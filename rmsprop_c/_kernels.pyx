@@ -18,7 +18,8 @@
 #   _functional.pxi  rmsprop_step, same_traffic_step
 #   _engine.pxi      MultiTensorStep, the engine of RMSprop.step
 #   _engine_build.pxi   the engine's construction: buffers checked and recorded
-#   _engine_checks.pxi  the engine's per-step checks
+#   _engine_checks.pxi  the engine's per-step checks that raise (under the GIL)
+#   _engine_fast.pxi    the engine's step region: checks in C by every worker, then kernels
 #   _rows_index.pxi  row steps: indices checked and grouped by row
 #   _rows.pxi        rmsprop_step_rows, lazy row steps
 
@@ -30,12 +31,13 @@ from libc.math cimport isfinite, pow, sqrt, INFINITY, NAN
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcmp
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 
 cimport numpy as cnp
 
 from rmsprop_c._openmp_helpers cimport (RC_OPENMP_ENABLED, omp_get_max_threads,
-                                        omp_get_num_procs)
+                                        omp_get_num_procs, omp_get_num_threads,
+                                        rc_omp_barrier)
 
 import operator
 import os
@@ -55,5 +57,6 @@ include "_functional.pxi"
 include "_engine.pxi"
 include "_engine_build.pxi"
 include "_engine_checks.pxi"
+include "_engine_fast.pxi"
 include "_rows_index.pxi"
 include "_rows.pxi"
