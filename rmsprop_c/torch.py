@@ -14,6 +14,8 @@ import math
 from itertools import repeat
 from operator import attrgetter, is_
 
+import numpy as np
+
 try:
     import torch
 except ImportError as error:          # torch is an optional dependency
@@ -35,6 +37,11 @@ _TORCH_LABELS = {"lr": "learning rate", "eps": "epsilon value", "momentum": "mom
 _grad_of = attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _tensor_numpy = torch.Tensor.numpy
+_numel = torch.Tensor.numel
+_is_contiguous = torch.Tensor.is_contiguous
+_is_neg = torch.Tensor.is_neg
+_dtype_of = attrgetter("dtype")
+_is_cpu = attrgetter("is_cpu")
 
 
 def _scalar_dtype():
@@ -241,6 +248,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         self._engine = None
         self._params = []
         self._param_ptrs = []
+        self._numels = []
+        self._dtypes = []
         self._group_lists = []
         self._layouts = []
         self._step_counts = None
@@ -295,6 +304,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         self._step_counts = counts
         self._params = params
         self._param_ptrs = list(map(_data_ptr, params))
+        self._numels = list(map(_numel, params))
+        self._dtypes = list(map(_dtype_of, params))
         self._group_lists = [(group["params"], len(group["params"]))
                              for group in self.param_groups]
         self._layouts = [(group["momentum"] > 0, bool(group["centered"]),
@@ -386,6 +397,25 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             views.append(grad.numpy())
         return views
 
+    def _addresses_of(self, grads):
+        """The grads' data addresses when every grad is new this step (the usual
+        ``zero_grad(set_to_none=True)`` loop) and plainly fits its param: a CPU strided
+        contiguous tensor of the param's dtype and element count. Cheaper than NumPy views
+        of fresh tensors; None when views are the way (persistent grads, None grads,
+        anything unusual, which the views path checks and explains)."""
+        if self._keep_grad_views or _has_none(grads):
+            return None
+        try:
+            addresses = list(map(_data_ptr, grads))           # raises for sparse layouts
+        except RuntimeError:
+            return None
+        if (0 in addresses or list(map(_numel, grads)) != self._numels
+                or list(map(_dtype_of, grads)) != self._dtypes
+                or not all(map(_is_contiguous, grads)) or not all(map(_is_cpu, grads))
+                or any(map(_is_neg, grads))):
+            return None
+        return np.array(addresses, dtype=np.uintp)
+
     def _grad_views_cached(self, grads):
         """Views of ``grads``, reusing last step's when every grad is the same tensor object.
 
@@ -432,11 +462,18 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         if not self._current():
             self._build()
         grads = list(map(_grad_of, self._params))
-        views = self._grad_views_cached(grads)
-        complete = self._grads_complete
         groups = self._engine_groups()
+        addresses = self._addresses_of(grads)
         try:
-            applied = self._engine.step(views, groups, self.n_threads, self.skip_nonfinite)
+            if addresses is not None:
+                complete = True
+                applied = self._engine.step_addresses(addresses, groups, self.n_threads,
+                                                      self.skip_nonfinite)
+            else:
+                views = self._grad_views_cached(grads)
+                complete = self._grads_complete
+                applied = self._engine.step(views, groups, self.n_threads,
+                                            self.skip_nonfinite)
         except (TypeError, ValueError):
             # Nothing was written. A non-contiguous grad needs a copy: retry once with
             # careful views; any other problem raises again, named in torch's terms.
