@@ -136,7 +136,6 @@ cdef inline Py_ssize_t _plan_first(const Plan *plan, Py_ssize_t begin) noexcept 
 # lines (NumPy puts large arrays 16 bytes past a boundary: 1.15-1.3x slower out of cache).
 cdef Py_ssize_t SEGMENT_ELEMENTS = 8192
 cdef Py_ssize_t SMALL_TENSOR_ELEMENTS = 2048
-DEF PREFETCH_BYTES = 256
 
 
 cdef inline Py_ssize_t _head_elements(const Plan *plan, Py_ssize_t k,
@@ -210,22 +209,6 @@ cdef void _run_segments(const Plan *plan, Py_ssize_t k, Py_ssize_t low,
         start = stop
 
 
-cdef inline void _prefetch_buffers(const rc_buffers *buffers) noexcept nogil:
-    """The first cache lines of a tensor's buffers: a small tensor is over before the
-    hardware prefetcher has noticed its streams."""
-    cdef Py_ssize_t line
-    for line in range(0, PREFETCH_BYTES, 64):
-        rc_prefetch(<char *>buffers.param + line)
-        rc_prefetch(<const char *>buffers.grad + line)
-        rc_prefetch(<char *>buffers.square_avg + line)
-        if buffers.momentum_buffer != NULL:
-            rc_prefetch(<char *>buffers.momentum_buffer + line)
-        if buffers.grad_avg != NULL:
-            rc_prefetch(<char *>buffers.grad_avg + line)
-        if buffers.max_square_avg != NULL:
-            rc_prefetch(<char *>buffers.max_square_avg + line)
-
-
 cdef void _plan_run_range(const Plan *plan, Py_ssize_t begin, Py_ssize_t end) noexcept nogil:
     """The segments that start in global elements [begin, end)."""
     cdef Py_ssize_t k, stop
@@ -234,8 +217,6 @@ cdef void _plan_run_range(const Plan *plan, Py_ssize_t begin, Py_ssize_t end) no
     k = _plan_first(plan, begin)
     while begin < end and k < plan.n:
         stop = plan.offsets[k + 1] if plan.offsets[k + 1] < end else end
-        if k + 1 < plan.n and plan.offsets[k + 1] < end:
-            _prefetch_buffers(plan.buffers[k + 1])
         if stop > begin:
             _run_segments(plan, k, begin - plan.offsets[k], stop - plan.offsets[k])
             begin = stop
