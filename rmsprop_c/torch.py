@@ -101,7 +101,9 @@ class RMSprop(torch.optim.Optimizer):
     ``state[p]`` entries (``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``), same
     state_dict format, so checkpoints move between the two. ``step()`` updates every
     parameter with a gradient in one call to the compiled kernels, in place, without copies;
-    parameters whose ``.grad`` is None are skipped and their state does not advance.
+    parameters whose ``.grad`` is None are skipped and their state does not advance. A sparse
+    COO grad of a 2-D parameter (``nn.Embedding(sparse=True)``) steps only the rows it lists
+    (lazily, repeated rows summed), from views of its indices and values.
 
     Parameters
     ----------
