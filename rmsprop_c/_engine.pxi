@@ -329,15 +329,16 @@ cdef class MultiTensorStep:
             raise
         try:
             _engine_read_groups(self, param_groups, self.group_options)
-            if grads != NULL and _engine_has_rows(self, snapshot):   # _engine_rows.pxi
-                return _engine_rows_step(self, snapshot, self.rows_duplicates, threads,
-                                         adaptive, skip_nonfinite, clip_by_norm, threshold,
-                                         inf_norm)
             with nogil:
                 workers = _policy_workers(&self.policy, threads, self.all_elements, adaptive)
                 started = rc_now_ns()
                 failed = _engine_checked_run(self, grads, addresses, workers, not measure)
             if failed:
+                # A RowGrad is no array, so it fails the C checks: rows (_engine_rows.pxi)
+                if grads != NULL and _engine_has_rows(self, snapshot):
+                    return _engine_rows_step(self, snapshot, self.rows_duplicates, threads,
+                                             adaptive, skip_nonfinite, clip_by_norm,
+                                             threshold, inf_norm)
                 self._prepare(snapshot, addresses, True)   # raises, or accepts what C could not
             with nogil:
                 if measure:

@@ -1,12 +1,14 @@
 # The engine's steps with row grads: a RowGrad(indices, rows) for a 2-D param steps only the
 # listed rows (the lazy rule of rmsprop_step_rows), next to dense and None grads, in one call.
 #
-# Rarely on the hot dense path, so clarity over speed where it is not the kernels: every
-# tensor is checked under the GIL (dense grads by the engine's own checks, row grads here:
-# indices read and grouped by row), nothing is written until all pass. Then one parallel
-# region runs the dense plan and, per row tensor, its units (a distinct row and its listings)
-# split by listing count; a unit runs on one worker, so bits never depend on the thread
-# count. A row tensor's step count advances like a dense one's and drives its bias correction.
+# A RowGrad is no array, so a step holding one fails the C checks of the dense path (nothing
+# runs) and comes here; dense steps pay nothing for rows. Clarity over speed outside the
+# kernels: every tensor is checked under the GIL (dense grads by the engine's own checks, row
+# grads here: indices read and grouped by row), nothing is written until all pass. Then one
+# parallel region runs the dense plan and, per row tensor, its units (a distinct row and its
+# listings) split by listing count; a unit runs on one worker, so bits never depend on the
+# thread count. A row tensor's step count advances like a dense one's and drives its bias
+# correction.
 #
 # Clipping by the global norm and skip_nonfinite read the gradient each row tensor applies:
 # with duplicates="sum" the summed rows, one per distinct row in ascending row order (they are
