@@ -285,3 +285,25 @@ def test_a_row_step_of_a_read_only_grad_and_int32_indices_is_fine():
                                 eps=1e-8)
     assert table.tobytes() == copy.tobytes()
     assert snapshot(rows) == snapshot(rows.copy())
+
+
+@pytest.mark.parametrize("n_threads", (1, 2))
+def test_tables_of_both_dtypes_in_two_groups_match_the_reference(n_threads):
+    rng = np.random.default_rng(11)
+    wide = rng.standard_normal(TABLE)
+    narrow = rng.standard_normal(TABLE).astype(np.float32)
+    vector = rng.standard_normal(VECTOR).astype(np.float32)
+    groups = lambda params: [                                            # noqa: E731
+        {"params": params[:2], "momentum": 0.9},
+        {"params": params[2:], "lr": 0.05, "bias_correction": True}]
+    params = [wide, narrow, vector]
+    copies = [param.copy() for param in params]
+    fast = rc.RMSprop(groups(params), lr=0.01, momentum=0.5, n_threads=n_threads)
+    expected = slow.RMSprop(groups(copies), lr=0.01, momentum=0.5)
+    for step in range(3):
+        grads = [row_grad(rng, TABLE, LISTED, np.float64, unique=False),
+                 row_grad(rng, TABLE, LISTED, np.float32, unique=False) if step != 1 else None,
+                 rng.standard_normal(VECTOR).astype(np.float32)]
+        assert fast.step(grads) and expected.step(grads)
+    assert_same(fast, expected, "two dtypes")
+    assert fast._engine.get_tensor_steps() == [3, 2, 3]
