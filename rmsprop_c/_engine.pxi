@@ -67,6 +67,7 @@ cdef class MultiTensorStep:
     cdef object _lock
     cdef int _lock_generation
     cdef bint stepping
+    cdef object rows_duplicates         # row grads: this step's duplicates mode (_engine_rows.pxi)
 
     def __cinit__(self):
         self.buffers = NULL
@@ -236,7 +237,7 @@ cdef class MultiTensorStep:
         finally:
             free(options)
 
-    def validate(self, grads, param_groups):
+    def validate(self, grads, param_groups, duplicates="sum"):
         """Raise as a step would for these grads and groups; changes nothing."""
         cdef tuple snapshot = self._snapshot(grads)
         cdef Options *options = <Options *>malloc(self.n_groups * sizeof(Options))
@@ -247,7 +248,10 @@ cdef class MultiTensorStep:
                 raise ValueError(f"grads has {len(snapshot)} arrays, but the optimizer has "
                                  f"{self.n_tensors} params")
             _engine_read_groups(self, param_groups, options)
-            self._prepare(snapshot, NULL, False)
+            if _engine_has_rows(self, snapshot):        # row grads: _engine_rows.pxi
+                _engine_rows_check(self, snapshot, duplicates, False)
+            else:
+                self._prepare(snapshot, NULL, False)
         finally:
             free(options)
 
@@ -257,16 +261,18 @@ cdef class MultiTensorStep:
         return self.measured_norm if self.norm_measured else None
 
     def step(self, grads, param_groups, object n_threads=None, bint skip_nonfinite=False,
-             object max_grad_norm=None, object norm_type=2.0):
+             object max_grad_norm=None, object norm_type=2.0, object duplicates="sum"):
         """Check everything, then update every tensor whose grad is not None.
 
         With ``max_grad_norm`` (or ``skip_nonfinite``), one read pass first measures the
         global norm of the preprocessed grads (``last_grad_norm``); with ``max_grad_norm``
         every grad is then scaled by min(1, max_grad_norm / (norm + 1e-6)) inside the step.
         Returns False (and writes nothing) when ``skip_nonfinite`` and a grad after
-        grad_scale holds NaN or Inf; True when applied.
+        grad_scale holds NaN or Inf; True when applied. A grad may be a ``RowGrad`` for a
+        2-D param (lazy rows; ``duplicates`` as in ``rmsprop_step_rows``).
         """
         cdef tuple snapshot = self._snapshot(grads)
+        self.rows_duplicates = duplicates
         if len(snapshot) != self.n_tensors:
             raise ValueError(f"grads has {len(snapshot)} arrays, but the optimizer has "
                              f"{self.n_tensors} params")
@@ -328,6 +334,11 @@ cdef class MultiTensorStep:
                 started = rc_now_ns()
                 failed = _engine_checked_run(self, grads, addresses, workers, not measure)
             if failed:
+                # A RowGrad is no array, so it fails the C checks: rows (_engine_rows.pxi)
+                if grads != NULL and _engine_has_rows(self, snapshot):
+                    return _engine_rows_step(self, snapshot, self.rows_duplicates, threads,
+                                             adaptive, skip_nonfinite, clip_by_norm,
+                                             threshold, inf_norm)
                 self._prepare(snapshot, addresses, True)   # raises, or accepts what C could not
             with nogil:
                 if measure:

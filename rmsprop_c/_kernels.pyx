@@ -22,6 +22,7 @@
 #   _engine_fast.pxi    the engine's step region: checks in C by every worker, then kernels
 #   _rows_index.pxi  row steps: indices checked and grouped by row
 #   _rows.pxi        rmsprop_step_rows, lazy row steps
+#   _engine_rows.pxi the engine's steps with row grads (RowGrad) next to dense ones
 
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble, PyLong_AsLongLong
@@ -60,3 +61,4 @@ include "_engine_checks.pxi"
 include "_engine_fast.pxi"
 include "_rows_index.pxi"
 include "_rows.pxi"
+include "_engine_rows.pxi"

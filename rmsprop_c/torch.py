@@ -25,6 +25,8 @@ except ImportError as error:          # torch is an optional dependency
     ) from error
 
 from rmsprop_c import _kernels
+from rmsprop_c._rowgrad import RowGrad
+from rmsprop_c._torch_rows import row_grad
 from rmsprop_c._options import GROUP_KEYS, MAX_STEP, check_option, state_layout
 from rmsprop_c.flavors import FOLLOW_EPS, HYPERPARAMETERS, get_flavor
 
@@ -99,7 +101,9 @@ class RMSprop(torch.optim.Optimizer):
     ``state[p]`` entries (``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``), same
     state_dict format, so checkpoints move between the two. ``step()`` updates every
     parameter with a gradient in one call to the compiled kernels, in place, without copies;
-    parameters whose ``.grad`` is None are skipped and their state does not advance.
+    parameters whose ``.grad`` is None are skipped and their state does not advance. A sparse
+    COO grad of a 2-D parameter (``nn.Embedding(sparse=True)``) steps only the rows it lists
+    (lazily, repeated rows summed), from views of its indices and values.
 
     Parameters
     ----------
@@ -371,26 +375,27 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         return translated
 
     @staticmethod
-    def _views_of(grads):
+    def _views_of(grads, params=None):
         """NumPy views of the grads (None stays None), in the fewest calls; and whether
         every grad was there."""
         try:
             return list(map(_tensor_numpy, grads)), True
         except (TypeError, RuntimeError):      # a None, sparse or autograd-tracked grad
-            views = RMSprop._careful_views(grads)
+            views = RMSprop._careful_views(grads, params)
             return views, not _has_none(views)
 
     @staticmethod
-    def _careful_views(grads):
-        """Views of any dense grad, copied when not contiguous; errors name the index."""
+    def _careful_views(grads, params=None):
+        """Views of any dense grad, copied when not contiguous, and row grads viewing
+        sparse COO grads; errors name the index."""
         views = []
         for index, grad in enumerate(grads):
             if grad is None:
                 views.append(None)
                 continue
-            if grad.layout != torch.strided:
-                raise RuntimeError(f"params[{index}].grad is sparse ({grad.layout}): "
-                                   "rmsprop_c.torch.RMSprop does not support sparse gradients")
+            if grad.layout != torch.strided:            # rows: sparse COO grads
+                views.append(row_grad(grad, params[index] if params else grad, index))
+                continue
             grad = grad.detach()
             if not grad.is_contiguous():
                 grad = grad.contiguous()       # a copy is fine: grads are only read
@@ -427,8 +432,9 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         if refs is not None and all(map(is_, grads, refs)):
             self._keep_grad_views = True
             return self._grad_views
-        views, complete = self._views_of(grads)
-        if self._keep_grad_views:
+        views, complete = self._views_of(grads, self._params)
+        # rows: a sparse grad's indices and values change in place when it accumulates
+        if self._keep_grad_views and not any(isinstance(view, RowGrad) for view in views):
             self._grad_refs, self._grad_views = grads, views
         else:
             self._grad_refs = self._grad_views = None
@@ -478,7 +484,7 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             # Nothing was written. A non-contiguous grad needs a copy: retry once with
             # careful views; any other problem raises again, named in torch's terms.
             self._clear_grad_cache()
-            views = self._careful_views(grads)
+            views = self._careful_views(grads, self._params)
             complete = not _has_none(views)
             self._explain_grads(grads)
             applied = self._engine.step(views, groups, self.n_threads, self.skip_nonfinite)
