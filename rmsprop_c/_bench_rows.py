@@ -10,6 +10,11 @@ batch size and thread count, the median time of one step of:
 * ``rmsprop_step`` on the whole table (what a dense optimizer pays every batch),
 * NumPy gather / step / scatter (``rmsprop_c.reference.rmsprop_step_rows``, same bits).
 
+Then the optimizer: ``RMSprop.step`` over the table and a dense MLP (64 -> 1024 -> 1024 -> 1,
+about 1.1M parameters) with a ``RowGrad`` of a 1% batch for the table and dense grads for the
+MLP, against the same step with a dense grad for the table, the MLP's step alone, and
+``rmsprop_step_rows`` on the table alone.
+
 Contenders run interleaved, one call each per round; each call takes the next of several
 pre-drawn batches (one rotation for all contenders), so no call finds its rows in cache
 because the call before it touched them, and each call follows a read of a buffer larger
@@ -34,6 +39,8 @@ FRACTIONS = (0.01, 0.1)
 DUPLICATE_FRACTION = 0.1
 BATCHES = 8
 OPTIONS = dict(lr=0.01, alpha=0.99, eps=1e-8)
+MLP_SHAPES = ((1024, 64), (1024,), (1024, 1024), (1024,), (1, 1024), (1,))
+MODEL_FRACTION = 0.01
 
 
 def make_batch(rng, n_rows, listed, width):
@@ -110,6 +117,35 @@ def _case(param, square_avg, dense_grad, batches, n_threads, rounds, numpy_round
     return seconds
 
 
+def _model_case(param, square_avg, dense_grad, batches, n_threads, rounds, scrub):
+    """RMSprop.step of the table (rows or dense) plus an MLP, the MLP alone, and the
+    functional row step of the table alone: median seconds each."""
+    import rmsprop_c as rc
+    from rmsprop_c import _kernels
+
+    rng = np.random.default_rng(1)
+    mlp = [rng.standard_normal(shape, dtype=np.float32) * 0.01 for shape in MLP_SHAPES]
+    mlp_grads = [rng.standard_normal(shape, dtype=np.float32) for shape in MLP_SHAPES]
+    mixed = rc.RMSprop([param] + mlp, n_threads=n_threads, **OPTIONS)
+    dense = rc.RMSprop([param] + mlp, n_threads=n_threads, **OPTIONS)
+    mlp_only = rc.RMSprop(mlp, n_threads=n_threads, **OPTIONS)
+
+    def rows_and_mlp(indices, grad_rows):
+        mixed.step([rc.RowGrad(indices, grad_rows)] + mlp_grads)
+
+    def table_rows(indices, grad_rows):
+        _kernels.rmsprop_step_rows(param, indices, grad_rows, square_avg, n_threads=n_threads,
+                                   **OPTIONS)
+
+    rotation = itertools.count()
+    return _interleaved_medians({
+        "RMSprop.step table rows + MLP": _cycling(rows_and_mlp, batches, rotation),
+        "RMSprop.step table dense + MLP": lambda: dense.step([dense_grad] + mlp_grads),
+        "RMSprop.step MLP alone": lambda: mlp_only.step(mlp_grads),
+        "rmsprop_step_rows table alone": _cycling(table_rows, batches, rotation),
+    }, rounds, scrub)
+
+
 def run(quick=False):
     """Measure the ``rows`` section; returns a dict (no pass/fail judgements)."""
     from rmsprop_c import _kernels
@@ -146,6 +182,21 @@ def run(quick=False):
                 "row_rate_over_same_traffic_rate":
                     seconds["same_traffic_step_rows"] / rows_time,
             })
+    models = []
+    listed = int(n_rows * MODEL_FRACTION)
+    batches = [make_batch(rng, n_rows, listed, WIDTH) for _ in range(BATCHES)]
+    for n_threads in thread_counts:
+        seconds = _model_case(param, square_avg, dense_grad, batches, n_threads, rounds, scrub)
+        mixed = seconds["RMSprop.step table rows + MLP"]
+        models.append({
+            "touched_fraction": MODEL_FRACTION, "listed_rows": listed,
+            "mlp_parameters": sum(int(np.prod(shape)) for shape in MLP_SHAPES),
+            "n_threads": n_threads, "seconds": seconds,
+            "dense_step_over_mixed_step": seconds["RMSprop.step table dense + MLP"] / mixed,
+            "rows_part_over_functional_rows":
+                (mixed - seconds["RMSprop.step MLP alone"])
+                / seconds["rmsprop_step_rows table alone"],
+        })
     return {
         "table": {"rows": n_rows, "width": WIDTH, "dtype": "float32"},
         "duplicate_fraction": DUPLICATE_FRACTION,
@@ -155,6 +206,7 @@ def run(quick=False):
         "cpu": cpu_model(),
         "load_average": load_average(),
         "cases": cases,
+        "optimizer": models,
     }
 
 
@@ -184,6 +236,24 @@ def print_rows(result):
     print_table(title, ["rows", "listed", "threads", "row step", "rows/s",
                         "same traffic", "rate vs it", "dense step", "dense / row",
                         "NumPy", "NumPy / row"], rows)
+    rows = []
+    for case in result.get("optimizer", []):
+        seconds = case["seconds"]
+        rows.append([
+            "auto" if case["n_threads"] is None else case["n_threads"],
+            format_seconds(seconds["RMSprop.step table rows + MLP"]),
+            format_seconds(seconds["RMSprop.step table dense + MLP"]),
+            format_ratio(case["dense_step_over_mixed_step"]),
+            format_seconds(seconds["RMSprop.step MLP alone"]),
+            format_seconds(seconds["rmsprop_step_rows table alone"]),
+            format_ratio(case["rows_part_over_functional_rows"]),
+        ])
+    if rows:
+        case = result["optimizer"][0]
+        print_table(f"RMSprop.step: the table ({case['touched_fraction']:.0%} of rows as a "
+                    f"RowGrad) + an MLP of {case['mlp_parameters']:,} parameters",
+                    ["threads", "rows + MLP", "dense + MLP", "dense / rows", "MLP alone",
+                     "row step alone", "(rows + MLP - MLP) / row step"], rows)
 
 
 def main(argv=None):

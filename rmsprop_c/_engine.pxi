@@ -37,6 +37,7 @@ cdef class MultiTensorStep:
     cdef int *group_float32_member      # a float32 member's index, or -1
     cdef PyObject **param_objects       # borrowed from self.params (held)
     cdef Watch *watches
+    cdef Py_ssize_t *tensor_watches     # n + 1: tensor i's buffers are watches[t[i]:t[i + 1]]
     cdef Py_ssize_t n_watches
     cdef uintptr_t *writable_ranges     # sorted [start, stop) pairs of every writable buffer
     cdef Py_ssize_t n_writable
@@ -44,6 +45,10 @@ cdef class MultiTensorStep:
     cdef rc_kernel_fn *group_kernels    # per group and dtype, this step's kernel
     # The plan of the current step (active tensors only).
     cdef Py_ssize_t *plan_offsets
+    cdef Py_ssize_t *plan_tensors       # the tensor index of each plan entry
+    cdef unsigned char *tensor_active   # this step: the grad is not None
+    cdef Py_ssize_t region_failed       # tensors failing the C checks in this step's region
+    cdef Py_ssize_t all_elements        # of every param: the step's size for the policy
     cdef rc_kernel_fn *plan_kernels
     cdef rc_nonfinite_fn *plan_checks
     cdef unsigned char *plan_itemsizes
@@ -62,6 +67,7 @@ cdef class MultiTensorStep:
     cdef object _lock
     cdef int _lock_generation
     cdef bint stepping
+    cdef object rows_duplicates         # row grads: this step's duplicates mode (_engine_rows.pxi)
     # Low precision (_engine_lowp.pxi): per tensor, dtypes, param copy and this step's keys.
     cdef rc_lowp *tensor_lowp
     cdef bint lowp_stochastic
@@ -84,6 +90,9 @@ cdef class MultiTensorStep:
         self.grad_disjoint = NULL
         self.group_kernels = NULL
         self.plan_offsets = NULL
+        self.plan_tensors = NULL
+        self.tensor_active = NULL
+        self.tensor_watches = NULL
         self.plan_kernels = NULL
         self.plan_checks = NULL
         self.plan_itemsizes = NULL
@@ -111,6 +120,9 @@ cdef class MultiTensorStep:
         free(self.grad_disjoint)
         free(self.group_kernels)
         free(self.plan_offsets)
+        free(self.plan_tensors)
+        free(self.tensor_active)
+        free(self.tensor_watches)
         free(self.plan_kernels)
         free(self.plan_checks)
         free(self.plan_itemsizes)
@@ -191,79 +203,31 @@ cdef class MultiTensorStep:
     # -------------------------------------------------------------------------------
     # A step: every check (_engine_checks.pxi) before anything is written, then the plan
 
-    cdef int _prepare(self, tuple grads, object param_groups, Options *options,
-                      bint write) except -1:
-        """Every check of a step; with `write`, also lays out the plan of the step."""
-        cdef Py_ssize_t i, n_active = 0, g
-        cdef object grad
-        if len(grads) != self.n_tensors:
-            raise ValueError(f"grads has {len(grads)} arrays, but the optimizer has "
-                             f"{self.n_tensors} params")
-        _engine_check_watches(self)
-        _engine_read_groups(self, param_groups, options)
+    cdef int _prepare(self, tuple grads, const uintptr_t *addresses, bint write) except -1:
+        """Every per-tensor check of a step, under the GIL, raising the error that names
+        what is wrong; with `write`, also lays out the plan of the step. Grads are the
+        arrays of `grads`, or (when that is None) memory at `addresses`. The groups'
+        options are read (and checked) before."""
+        cdef Py_ssize_t i
+        cdef PyObject *grad = NULL
+        cdef uintptr_t address = 0
         for i in range(self.n_tensors):
-            grad = grads[i]
-            if grad is None:
-                continue
-            _engine_check_grad(self, grad, i)
-            if self.tensor_steps[i] >= _MAX_STEP:
-                raise ValueError(f"params[{i}] has taken 2**62 steps, the most a step count "
-                                 "may hold")
-        if not write:
-            return 0
-        # Checked: lay out the active tensors of this step. A group's scalars are derived
-        # once, from its first active tensor's step count; bias correction needs its own
-        # scalars for a tensor whose count differs (one skipped with a None grad before).
-        cdef int dtype
-        cdef cnp.ndarray array
-        cdef int variant
-        for g in range(self.n_groups):
-            self.group_ref_step[g] = -1
-            variant = _variant(&options[g])
-            self.group_kernels[2 * g] = rc_get_kernel(_simd, RC_FLOAT32, variant)
-            self.group_kernels[2 * g + 1] = rc_get_kernel(_simd, RC_FLOAT64, variant)
-        cdef rc_nonfinite_fn checks[2]
-        checks[0] = rc_get_nonfinite_check(_simd, RC_FLOAT32)
-        checks[1] = rc_get_nonfinite_check(_simd, RC_FLOAT64)
-        self.plan_offsets[0] = 0
-        self.plan_chunk_offsets[0] = 0
-        for i in range(self.n_tensors):
-            grad = grads[i]
-            if grad is None:
-                continue
-            g = self.tensor_group[i]
-            array = <cnp.ndarray>grad
-            self.buffers[i].grad = cnp.PyArray_DATA(array)
-            if self.group_ref_step[g] < 0:
-                _fill_hyper(&options[g], self.tensor_steps[i] + 1, &self.group_hyper[g])
-                self.group_ref_step[g] = self.tensor_steps[i]
-                self.plan_hypers[n_active] = &self.group_hyper[g]
-            elif (options[g].values[_BIAS_CORRECTION] != 0.0
-                    and self.tensor_steps[i] != self.group_ref_step[g]):
-                _fill_hyper(&options[g], self.tensor_steps[i] + 1, &self.tensor_hyper[i])
-                self.plan_hypers[n_active] = &self.tensor_hyper[i]
+            grad = NULL
+            address = 0
+            if grads is not None:
+                grad = rc_tuple_item(<PyObject *>grads, i)
+                if grad == _NONE:
+                    grad = NULL
+                else:
+                    address = <uintptr_t>rc_array_data(grad)
             else:
-                self.plan_hypers[n_active] = &self.group_hyper[g]
-            dtype = self.tensor_dtype[i]
-            self.plan_kernels[n_active] = self.group_kernels[2 * g + (dtype == RC_FLOAT64)]
-            self.plan_checks[n_active] = checks[dtype == RC_FLOAT64]
-            self.plan_itemsizes[n_active] = 8 if dtype == RC_FLOAT64 else 4
-            self.plan_buffers[n_active] = &self.buffers[i]
-            _engine_lowp_plan(self, i, n_active, array)     # low precision: _engine_lowp.pxi
-            self.plan_offsets[n_active + 1] = (self.plan_offsets[n_active]
-                                               + _size(array))
-            self.plan_chunk_offsets[n_active + 1] = (self.plan_chunk_offsets[n_active]
-                                                     + _chunks_of(_size(array)))
-            n_active += 1
-        self.plan.n = n_active
-        self.plan.total = self.plan_offsets[n_active]
-        self.plan.offsets = self.plan_offsets
-        self.plan.itemsizes = self.plan_itemsizes
-        self.plan.kernels = self.plan_kernels
-        self.plan.checks = self.plan_checks
-        self.plan.hypers = self.plan_hypers
-        self.plan.buffers = self.plan_buffers
-        self.plan.chunk_offsets = self.plan_chunk_offsets
+                address = addresses[i]
+            _engine_check_tensor(self, i, grad, address)
+            if write:
+                self.tensor_active[i] = grad != NULL or (grads is None and address != 0)
+                self.buffers[i].grad = <const void *>address if self.tensor_active[i] else NULL
+        if write:
+            _engine_lay_out(self)
         return 0
 
     cdef tuple _snapshot(self, object grads):
@@ -284,14 +248,21 @@ cdef class MultiTensorStep:
         finally:
             free(options)
 
-    def validate(self, grads, param_groups):
+    def validate(self, grads, param_groups, duplicates="sum"):
         """Raise as a step would for these grads and groups; changes nothing."""
         cdef tuple snapshot = self._snapshot(grads)
         cdef Options *options = <Options *>malloc(self.n_groups * sizeof(Options))
         if options == NULL:
             raise MemoryError()
         try:
-            self._prepare(snapshot, param_groups, options, False)
+            if len(snapshot) != self.n_tensors:
+                raise ValueError(f"grads has {len(snapshot)} arrays, but the optimizer has "
+                                 f"{self.n_tensors} params")
+            _engine_read_groups(self, param_groups, options)
+            if _engine_has_rows(self, snapshot):        # row grads: _engine_rows.pxi
+                _engine_rows_check(self, snapshot, duplicates, False)
+            else:
+                self._prepare(snapshot, NULL, False)
         finally:
             free(options)
 
@@ -301,21 +272,51 @@ cdef class MultiTensorStep:
         return self.measured_norm if self.norm_measured else None
 
     def step(self, grads, param_groups, object n_threads=None, bint skip_nonfinite=False,
-             object max_grad_norm=None, object norm_type=2.0):
+             object max_grad_norm=None, object norm_type=2.0, object duplicates="sum"):
         """Check everything, then update every tensor whose grad is not None.
 
         With ``max_grad_norm`` (or ``skip_nonfinite``), one read pass first measures the
         global norm of the preprocessed grads (``last_grad_norm``); with ``max_grad_norm``
         every grad is then scaled by min(1, max_grad_norm / (norm + 1e-6)) inside the step.
         Returns False (and writes nothing) when ``skip_nonfinite`` and a grad after
-        grad_scale holds NaN or Inf; True when applied.
+        grad_scale holds NaN or Inf; True when applied. A grad may be a ``RowGrad`` for a
+        2-D param (lazy rows; ``duplicates`` as in ``rmsprop_step_rows``).
         """
+        cdef tuple snapshot = self._snapshot(grads)
+        self.rows_duplicates = duplicates
+        if len(snapshot) != self.n_tensors:
+            raise ValueError(f"grads has {len(snapshot)} arrays, but the optimizer has "
+                             f"{self.n_tensors} params")
+        return self._step(snapshot, NULL, param_groups, n_threads, skip_nonfinite,
+                          max_grad_norm, norm_type)
+
+    def step_addresses(self, addresses, param_groups, object n_threads=None,
+                       bint skip_nonfinite=False, object max_grad_norm=None,
+                       object norm_type=2.0):
+        """:meth:`step` with each grad given as the address of its first element (0 for
+        None), for callers whose grads are not NumPy arrays (the torch optimizer).
+
+        The caller vouches for each address: C-contiguous memory of the param's dtype and
+        element count that stays alive and unchanged until this call returns. The engine
+        still refuses grads that overlap a param or state buffer.
+        """
+        cdef cnp.ndarray table = np.ascontiguousarray(addresses, dtype=np.uintp)
+        if table.ndim != 1 or table.shape[0] != self.n_tensors:
+            raise ValueError(f"addresses must be 1-D with {self.n_tensors} entries, got "
+                             f"shape {(<object>table).shape}")
+        return self._step(None, <const uintptr_t *>cnp.PyArray_DATA(table), param_groups,
+                          n_threads, skip_nonfinite, max_grad_norm, norm_type)
+
+    cdef object _step(self, tuple snapshot, const uintptr_t *addresses, object param_groups,
+                      object n_threads, bint skip_nonfinite, object max_grad_norm,
+                      object norm_type):
         global _largest_team
         cdef int threads = _thread_count(n_threads)
         cdef bint adaptive = n_threads is None
         cdef Py_ssize_t i, k
         cdef int workers
         cdef bint nonfinite = False
+        cdef Py_ssize_t failed
         cdef double elapsed, norm = 0.0, coefficient = 1.0, threshold = 0.0
         cdef long long started
         cdef bint clip_by_norm = max_grad_norm is not None
@@ -326,7 +327,7 @@ cdef class MultiTensorStep:
         if clip_by_norm:
             threshold = _check_option("max_grad_norm", max_grad_norm)
         measure = clip_by_norm or skip_nonfinite
-        cdef tuple snapshot = self._snapshot(grads)
+        cdef PyObject *grads = <PyObject *>NULL if snapshot is None else <PyObject *>snapshot
         lock = self._current_lock()
         if self.stepping:
             raise RuntimeError("this optimizer is being stepped by another thread; step one "
@@ -338,10 +339,19 @@ cdef class MultiTensorStep:
             self.stepping = False
             raise
         try:
-            self._prepare(snapshot, param_groups, self.group_options, True)
+            _engine_read_groups(self, param_groups, self.group_options)
             with nogil:
-                workers = _policy_workers(&self.policy, threads, self.plan.total, adaptive)
+                workers = _policy_workers(&self.policy, threads, self.all_elements, adaptive)
                 started = rc_now_ns()
+                failed = _engine_checked_run(self, grads, addresses, workers, not measure)
+            if failed:
+                # A RowGrad is no array, so it fails the C checks: rows (_engine_rows.pxi)
+                if grads != NULL and _engine_has_rows(self, snapshot):
+                    return _engine_rows_step(self, snapshot, self.rows_duplicates, threads,
+                                             adaptive, skip_nonfinite, clip_by_norm,
+                                             threshold, inf_norm)
+                self._prepare(snapshot, addresses, True)   # raises, or accepts what C could not
+            with nogil:
                 if measure:
                     nonfinite = _plan_norm(&self.plan, workers, inf_norm, self.norm_partials,
                                            &norm)
@@ -355,7 +365,8 @@ cdef class MultiTensorStep:
                                     coefficient
                                 (<rc_hyper *>self.plan.hypers[k]).preprocess = 1
                 if not (skip_nonfinite and nonfinite):
-                    _plan_run(&self.plan, workers)
+                    if measure or failed:
+                        _plan_run(&self.plan, workers)
                     elapsed = <double>(rc_now_ns() - started)
                     if workers > _largest_team:   # started pool threads: not a step's cost
                         _largest_team = workers
@@ -366,9 +377,8 @@ cdef class MultiTensorStep:
             self.norm_measured = measure
             if skip_nonfinite and nonfinite:
                 return False
-            for i in range(self.n_tensors):
-                if snapshot[i] is not None:
-                    self.tensor_steps[i] += 1
+            for k in range(self.plan.n):
+                self.tensor_steps[self.plan_tensors[k]] += 1
             return True
         finally:
             # The kernels are done with the grads: drop the pointers into them.

@@ -35,6 +35,9 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
     self.param_objects = <PyObject **>calloc(m, sizeof(PyObject *))
     self.group_kernels = <rc_kernel_fn *>calloc(2 * n_groups, sizeof(rc_kernel_fn))
     self.plan_offsets = <Py_ssize_t *>calloc(m + 1, sizeof(Py_ssize_t))
+    self.plan_tensors = <Py_ssize_t *>calloc(m, sizeof(Py_ssize_t))
+    self.tensor_active = <unsigned char *>calloc(m, sizeof(unsigned char))
+    self.tensor_watches = <Py_ssize_t *>calloc(m + 1, sizeof(Py_ssize_t))
     self.plan_kernels = <rc_kernel_fn *>calloc(m, sizeof(rc_kernel_fn))
     self.plan_checks = <rc_nonfinite_fn *>calloc(m, sizeof(rc_nonfinite_fn))
     self.plan_itemsizes = <unsigned char *>calloc(m, sizeof(unsigned char))
@@ -48,6 +51,8 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
             or self.group_ref_step == NULL
             or self.group_states == NULL or self.group_float32_member == NULL
             or self.watches == NULL or self.plan_offsets == NULL
+            or self.plan_tensors == NULL or self.tensor_watches == NULL
+            or self.tensor_active == NULL
             or self.grad_disjoint == NULL or self.group_kernels == NULL
             or self.param_objects == NULL
             or self.plan_kernels == NULL or self.plan_checks == NULL
@@ -78,6 +83,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
             self.group_float32_member[g] = i
         self.group_members[g].append(array)
         self.buffers[i].param = cnp.PyArray_DATA(array)
+        self.tensor_watches[i] = self.n_watches
         _engine_watch(self, array)
         ranges.append((<uintptr_t>cnp.PyArray_DATA(array), cnp.PyArray_NBYTES(array),
                        f"params[{i}]"))
@@ -111,9 +117,11 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
         if not present & 1:
             raise ValueError(f"state[{i}] lacks 'square_avg'")
         self.group_states[g] &= present
+        self.tensor_watches[i + 1] = self.n_watches
     cdef Py_ssize_t n_chunks = 0
     for i in range(n):
         n_chunks += _chunks_of(cnp.PyArray_SIZE(<cnp.ndarray>self.params[i]))
+        self.all_elements += cnp.PyArray_SIZE(<cnp.ndarray>self.params[i])
     self.norm_partials = <double *>calloc(max(n_chunks, 1), sizeof(double))
     if self.norm_partials == NULL:
         raise MemoryError()

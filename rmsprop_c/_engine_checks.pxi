@@ -2,25 +2,88 @@
 # the groups' options, and each grad. Module-level functions over the engine's C fields (the
 # class itself is in _engine.pxi).
 
-cdef int _engine_check_watches(MultiTensorStep self) except -1:
-    """The buffers still have the memory, dtype, size and flags they were built with."""
+cdef extern from *:
+    """
+    /* Raw reads of an object's ndarray fields: no reference is taken, so the per-tensor
+       checks of a step are a tight C loop. Callers hold references to every object read. */
+    static inline PyObject *rc_tuple_item(PyObject *tuple, Py_ssize_t i) {
+        return PyTuple_GET_ITEM(tuple, i);
+    }
+    static inline int rc_is_ndarray(PyObject *o) { return Py_TYPE(o) == &PyArray_Type; }
+    /* The first index where two lists or tuples of length n hold different objects, or -1. */
+    static inline Py_ssize_t rc_first_difference(PyObject *a, PyObject *b, Py_ssize_t n) {
+        PyObject **left = PySequence_Fast_ITEMS(a), **right = PySequence_Fast_ITEMS(b);
+        for (Py_ssize_t i = 0; i < n; ++i) if (left[i] != right[i]) return i;
+        return -1;
+    }
+    static inline void *rc_array_data(PyObject *o) { return PyArray_DATA((PyArrayObject *)o); }
+    static inline void *rc_array_descr(PyObject *o) {
+        return (void *)PyArray_DESCR((PyArrayObject *)o);
+    }
+    static inline int rc_array_flags(PyObject *o) { return PyArray_FLAGS((PyArrayObject *)o); }
+    static inline int rc_array_ndim(PyObject *o) { return PyArray_NDIM((PyArrayObject *)o); }
+    static inline npy_intp *rc_array_dims(PyObject *o) {
+        return PyArray_DIMS((PyArrayObject *)o);
+    }
+    """
+    PyObject *rc_tuple_item(PyObject *tuple, Py_ssize_t i) noexcept nogil
+    bint rc_is_ndarray(PyObject *o) noexcept nogil
+    Py_ssize_t rc_first_difference(PyObject *a, PyObject *b, Py_ssize_t n) noexcept
+    void *rc_array_data(PyObject *o) noexcept nogil
+    void *rc_array_descr(PyObject *o) noexcept nogil
+    int rc_array_flags(PyObject *o) noexcept nogil
+    int rc_array_ndim(PyObject *o) noexcept nogil
+    cnp.npy_intp *rc_array_dims(PyObject *o) noexcept nogil
+
+
+cdef enum:
+    _CONTIGUOUS_ALIGNED = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    _WRITABLE_BUFFER = _CONTIGUOUS_ALIGNED | cnp.NPY_ARRAY_WRITEABLE
+    _PREFETCH_AHEAD = 24                # tensors: enough to overlap the cache misses
+
+
+cdef inline Py_ssize_t _raw_size(PyObject *array) noexcept nogil:
+    cdef int ndim = rc_array_ndim(array), axis
+    cdef cnp.npy_intp *dims = rc_array_dims(array)
+    cdef Py_ssize_t count = 1
+    for axis in range(ndim):
+        count *= dims[axis]
+    return count
+
+
+cdef inline bint _watch_holds(const Watch *watch) noexcept nogil:
+    """The buffer still has the memory, dtype, size and flags recorded at construction."""
+    return (rc_array_data(watch.array) == watch.data
+            and rc_array_descr(watch.array) == watch.descr
+            and (rc_array_flags(watch.array) & _WRITABLE_BUFFER) == _WRITABLE_BUFFER
+            and _raw_size(watch.array) == watch.size)
+
+
+cdef int _engine_check_tensor(MultiTensorStep self, Py_ssize_t i, PyObject *grad,
+                              uintptr_t address) except -1:
+    """Tensor i's buffers are unchanged and its grad is acceptable: raises the error that
+    names what is wrong. The grad is an array, or (grad NULL) memory at `address`, or
+    neither (None)."""
     cdef Py_ssize_t w
-    cdef Watch *watch
-    cdef cnp.ndarray array
-    cdef int needed = (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
-                       | cnp.NPY_ARRAY_WRITEABLE)
-    for w in range(self.n_watches):
-        watch = &self.watches[w]
-        array = <cnp.ndarray>watch.array
-        if (cnp.PyArray_DATA(array) != watch.data
-                or <void *>cnp.PyArray_DESCR(array) != watch.descr
-                or (cnp.PyArray_FLAGS(array) & needed) != needed
-                or _size(array) != watch.size):
+    for w in range(self.tensor_watches[i], self.tensor_watches[i + 1]):
+        if not _watch_holds(&self.watches[w]):
             raise ValueError(
                 f"{_engine_watch_name(self, w)} changed after the optimizer was built (its "
                 "memory, dtype, size, contiguity or writeable flag); update buffers in "
                 "place (x[...] = y) or build a new optimizer")
+    if grad != NULL:
+        if not _grad_fits(self, i, grad):
+            _engine_check_grad(self, <object>grad, i)
+    elif address == 0:
+        return 0
+    elif not _grad_disjoint(self, i, address):
+        raise ValueError(f"grads[{i}] shares memory with a parameter or state buffer")
+    if self.tensor_steps[i] >= _MAX_STEP:
+        raise ValueError(f"params[{i}] has taken 2**62 steps, the most a step count may hold")
+    self.tensor_lowp[i].grad_dtype = (_any_dtype_code(<cnp.ndarray>grad) if grad != NULL
+                                      else self.tensor_lowp[i].param_dtype)   # low precision
     return 0
+
 
 cdef str _engine_watch_name(MultiTensorStep self, Py_ssize_t w):
     cdef Py_ssize_t i
@@ -50,11 +113,11 @@ cdef int _engine_read_groups(MultiTensorStep self, object param_groups, Options 
             if not isinstance(members, (list, tuple)) or len(members) != n:
                 raise ValueError(f"{prefix}['params'] changed after the optimizer was "
                                  "built; build a new optimizer for other params")
-            for i in range(n):
-                if members[i] is not expected[i]:
-                    raise ValueError(f"{prefix}['params'][{i}] was replaced after the "
-                                     "optimizer was built; update params in place "
-                                     "(p[...] = x) or build a new optimizer")
+            i = rc_first_difference(<PyObject *>members, <PyObject *>expected, n)
+            if i >= 0:
+                raise ValueError(f"{prefix}['params'][{i}] was replaced after the "
+                                 "optimizer was built; update params in place "
+                                 "(p[...] = x) or build a new optimizer")
         _check_group_state(self, options, g, prefix, _MOMENTUM, 1)
         _check_group_state(self, options, g, prefix, _CENTERED, 2)
         _check_group_state(self, options, g, prefix, _AMSGRAD, 3)
@@ -63,7 +126,8 @@ cdef int _engine_read_groups(MultiTensorStep self, object param_groups, Options 
                                  self.group_float32_member[g])
     return 0
 
-cdef bint _engine_overlaps_writable(MultiTensorStep self, uintptr_t start, uintptr_t stop) noexcept:
+cdef bint _engine_overlaps_writable(MultiTensorStep self, uintptr_t start,
+                                    uintptr_t stop) noexcept nogil:
     """Binary search of [start, stop) among the sorted, disjoint writable ranges."""
     cdef Py_ssize_t low = 0, high = self.n_writable, middle
     if start >= stop:

@@ -74,11 +74,16 @@ cdef cnp.ndarray _engine_lowp_grad(MultiTensorStep self, object grad, Py_ssize_t
     return array
 
 
-cdef inline void _engine_lowp_plan(MultiTensorStep self, Py_ssize_t i, Py_ssize_t slot,
-                                   cnp.ndarray grad) noexcept:
-    """Tensor i's low-precision record for this step (or none), in plan slot `slot`."""
+cdef inline int _code_itemsize(int code) noexcept nogil:
+    """Bytes per element of a dtype code (RC_FLOAT32, RC_FLOAT64, RC_BFLOAT16, RC_FLOAT16)."""
+    return 8 if code == RC_FLOAT64 else (4 if code == RC_FLOAT32 else 2)
+
+
+cdef inline void _engine_lowp_plan(MultiTensorStep self, Py_ssize_t i,
+                                   Py_ssize_t slot) noexcept nogil:
+    """Tensor i's low-precision record for this step (or none), in plan slot `slot`; its
+    grad dtype was recorded by the checks."""
     cdef rc_lowp *lowp = &self.tensor_lowp[i]
-    lowp.grad_dtype = _any_dtype_code(grad)
     cdef int state = lowp.state_dtype if lowp.state_dtype >= 0 else lowp.param_dtype
     if lowp.param_dtype == RC_FLOAT64 or (
             lowp.param_dtype == RC_FLOAT32 and lowp.grad_dtype == RC_FLOAT32
@@ -92,5 +97,4 @@ cdef inline void _engine_lowp_plan(MultiTensorStep self, Py_ssize_t i, Py_ssize_
         _lowp_keys(lowp, self.lowp_seed, self.tensor_steps[i] + 1, i)
     self.buffers[i].lowp = lowp
     self.plan_checks[slot] = rc_get_nonfinite_check(_simd, lowp.grad_dtype)
-    self.plan_itemsizes[slot] = <unsigned char>cnp.PyArray_ITEMSIZE(
-        <cnp.ndarray>self.param_objects[i])
+    self.plan_itemsizes[slot] = <unsigned char>_code_itemsize(lowp.param_dtype)

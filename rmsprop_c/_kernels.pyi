@@ -7,6 +7,8 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import disjoint_base
 
+from rmsprop_c._rowgrad import RowGrad
+
 SIMD_NAMES: tuple[str, ...]
 GROUP_KEYS: tuple[str, ...]
 STATE_KEYS: tuple[str, ...]
@@ -99,11 +101,24 @@ class MultiTensorStep:
     def threading(self) -> dict[str, Any]: ...
     def check_groups(self, param_groups: list[dict[str, Any]]) -> None: ...
     def validate(
-        self, grads: Sequence[_FloatArray | None], param_groups: list[dict[str, Any]]
+        self,
+        grads: Sequence[_FloatArray | RowGrad | None],
+        param_groups: list[dict[str, Any]],
+        duplicates: str = "sum",
     ) -> None: ...
     def step(
         self,
-        grads: Sequence[_FloatArray | None],
+        grads: Sequence[_FloatArray | RowGrad | None],
+        param_groups: list[dict[str, Any]],
+        n_threads: int | None = None,
+        skip_nonfinite: bool = False,
+        max_grad_norm: float | None = None,
+        norm_type: float = 2.0,
+        duplicates: str = "sum",
+    ) -> bool: ...
+    def step_addresses(
+        self,
+        addresses: npt.ArrayLike,
         param_groups: list[dict[str, Any]],
         n_threads: int | None = None,
         skip_nonfinite: bool = False,

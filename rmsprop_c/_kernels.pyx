@@ -19,10 +19,12 @@
 #   _functional.pxi  rmsprop_step, same_traffic_step
 #   _engine.pxi      MultiTensorStep, the engine of RMSprop.step
 #   _engine_build.pxi   the engine's construction: buffers checked and recorded
-#   _engine_checks.pxi  the engine's per-step checks
+#   _engine_checks.pxi  the engine's per-step checks that raise (under the GIL)
 #   _engine_lowp.pxi    the engine's low-precision dtypes and per-step records
+#   _engine_fast.pxi    the engine's step region: checks in C by every worker, then kernels
 #   _rows_index.pxi  row steps: indices checked and grouped by row
 #   _rows.pxi        rmsprop_step_rows, lazy row steps
+#   _engine_rows.pxi the engine's steps with row grads (RowGrad) next to dense ones
 
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble, PyLong_AsLongLong
@@ -32,12 +34,13 @@ from libc.math cimport isfinite, pow, sqrt, INFINITY, NAN
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcmp
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 
 cimport numpy as cnp
 
 from rmsprop_c._openmp_helpers cimport (RC_OPENMP_ENABLED, omp_get_max_threads,
-                                        omp_get_num_procs)
+                                        omp_get_num_procs, omp_get_num_threads,
+                                        rc_omp_barrier)
 
 import operator
 import os
@@ -59,5 +62,7 @@ include "_engine.pxi"
 include "_engine_build.pxi"
 include "_engine_checks.pxi"
 include "_engine_lowp.pxi"
+include "_engine_fast.pxi"
 include "_rows_index.pxi"
 include "_rows.pxi"
+include "_engine_rows.pxi"

@@ -1,6 +1,6 @@
 # The C side the driver calls: the kernel ABI of src/rmsprop_kernels.h, and small C helpers
-# for what Cython cannot say directly (a monotonic clock, the floating-point mode of a
-# thread, fork tracking, the process-wide thread limit threadpoolctl sets).
+# for what Cython cannot say directly (a prefetch hint, a monotonic clock, the floating-point
+# mode of a thread, fork tracking, the process-wide thread limit threadpoolctl sets).
 
 cdef extern from "rmsprop_kernels.h" nogil:
     ctypedef struct rc_hyper:
@@ -106,6 +106,12 @@ cdef extern from *:
     #define RC_BUILD_SIMD "baseline"
     #endif
 
+    static inline void rc_prefetch(const void *address) {
+    #if defined(__GNUC__)
+        __builtin_prefetch(address);
+    #endif
+    }
+
     static inline long long rc_now_ns(void) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
@@ -184,6 +190,7 @@ cdef extern from *:
     const char *RC_BUILD_COMPILER
     const char *RC_BUILD_FLAGS
     const char *RC_BUILD_SIMD
+    void rc_prefetch(const void *address) noexcept nogil
     long long rc_now_ns() noexcept nogil
     unsigned int rc_fp_mode() noexcept nogil
     unsigned int rc_fp_mode_enter(unsigned int mode) noexcept nogil

@@ -1,7 +1,7 @@
 """RowGrad: the gradient of a few rows of a 2-D parameter (an embedding table).
 
-A plain value type: ``rows[i]`` is the gradient of row ``indices[i]``. The row step
-(:func:`rmsprop_c.rmsprop_step_rows`) checks it; this module only names the pair.
+A plain value type: ``rows[i]`` is the gradient of row ``indices[i]``. The step that takes
+it (``RMSprop.step``) checks it; this module only names the pair.
 """
 
 from typing import Any, NamedTuple
@@ -11,6 +11,9 @@ __all__ = ["RowGrad"]
 
 class RowGrad(NamedTuple):
     """The gradient of the listed rows of a ``(rows, width)`` parameter.
+
+    Pass it to :meth:`rmsprop_c.RMSprop.step` in place of a dense grad: only the listed rows
+    of the parameter and of its state are stepped (see :func:`rmsprop_c.rmsprop_step_rows`).
 
     Parameters
     ----------

@@ -90,6 +90,11 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
     skip_nonfinite : bool, default False
         When True, a step whose grads hold NaN or Inf (after grad_scale) changes nothing,
         counts ``skipped_steps`` and returns False.
+    duplicates : {'sum', 'sequential', 'error'}, default 'sum'
+        What a row listed more than once in a :class:`rmsprop_c.RowGrad` means, as in
+        :func:`rmsprop_c.rmsprop_step_rows`: its gradient rows are summed (the gradient a
+        dense or coalesced sparse grad would hold), stepped once per listing (TensorFlow's
+        sparse RMSProp), or refused.
     state_dtype : None, "float32", "bfloat16" or "float16"
         dtype of the state buffers of all but float64 params (None: the param's). Params
         may be bfloat16 (``ml_dtypes.bfloat16``) or float16; grads of non-float64 params
@@ -116,7 +121,9 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
     Notes
     -----
     Gradients are never written: scaling and clipping happen inside the step, and the norm
-    costs one extra read of the gradients. ``opt.last_grad_norm`` holds the norm the last
+    costs one extra read of the gradients. With row grads the norm reads the gradient rows
+    each table applies: the summed rows (one per distinct row) with ``duplicates='sum'``,
+    the listed rows with ``'sequential'``. ``opt.last_grad_norm`` holds the norm the last
     step measured (with ``max_grad_norm`` or ``skip_nonfinite``; else None), the same
     number :func:`rmsprop_c.global_grad_norm` returns, whatever the thread count.
 
@@ -139,8 +146,8 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
                  bias_correction=None, eps_in_sqrt=None, lr_in_momentum=None,
                  initial_accumulator_value=None, grad_scale=None, clip_value=None,
                  max_grad_norm=None, norm_type=2, flavor="torch", n_threads=None,
-                 skip_nonfinite=False, state_dtype=None, rounding="nearest", seed=0,
-                 param_copies=None):
+                 skip_nonfinite=False, duplicates="sum", state_dtype=None, rounding="nearest",
+                 seed=0, param_copies=None):
         self.flavor = get_flavor(flavor)
         explicit = dict(
             lr=lr, alpha=alpha, eps=eps, momentum=momentum, centered=centered,
@@ -159,6 +166,7 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         self.skip_nonfinite = check_bool(skip_nonfinite, "skip_nonfinite")
         self.max_grad_norm = max_grad_norm
         self.norm_type = norm_type
+        self.duplicates = duplicates
         self.skipped_steps = 0
         self._last_grad_norm = None
         self.state_dtype = check_option("state_dtype", state_dtype)
@@ -262,6 +270,20 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         self._norm_type = check_option("norm_type", value)
 
     @property
+    def duplicates(self):
+        """How row grads treat a row listed more than once: 'sum', 'sequential' or 'error'
+        (may be changed between steps)."""
+        return self._duplicates
+
+    @duplicates.setter
+    def duplicates(self, value):
+        # rows: the modes of rmsprop_step_rows
+        if not isinstance(value, str) or value not in _kernels._DUPLICATE_MODES:
+            raise ValueError(f"duplicates must be one of 'sum', 'sequential', 'error'; "
+                             f"got {value!r}")
+        self._duplicates = value
+
+    @property
     def threading(self):
         """How ``n_threads=None`` decides for this optimizer: the current choice (serial or
         parallel) and the step times behind it (see docs/threading.md)."""
@@ -280,9 +302,13 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
 
         Parameters
         ----------
-        grads : list of numpy.ndarray
+        grads : list of numpy.ndarray, rmsprop_c.RowGrad or None
             One gradient per parameter, in the order the params were given, with the same
-            shapes and dtypes (read-only arrays are fine).
+            shapes and dtypes (read-only arrays are fine). None skips the parameter (its
+            state and step count stay). For a 2-D parameter, ``RowGrad(indices, rows)``
+            steps only the listed rows of it and of its state (lazy rows, as
+            :func:`rmsprop_c.rmsprop_step_rows`; repeated rows follow ``duplicates``); its
+            step count advances and drives its bias correction.
 
         Returns
         -------
@@ -295,9 +321,12 @@ maximize, amsgrad, bias_correction, eps_in_sqrt, lr_in_momentum, initial_accumul
         TypeError, ValueError
             As :func:`rmsprop_c.rmsprop_step`, naming the tensor index (``grads[3]``) or the
             group key; every grad and group is checked before anything is written.
+        IndexError
+            A row grad's index out of range, naming it (``grads[0].indices[7]``).
         """
         applied = self._engine.step(grads, self.param_groups, self.n_threads,
-                                    self.skip_nonfinite, self._max_grad_norm, self._norm_type)
+                                    self.skip_nonfinite, self._max_grad_norm, self._norm_type,
+                                    self._duplicates)
         self._last_grad_norm = self._engine.last_grad_norm
         if not applied:
             self.skipped_steps += 1

@@ -375,7 +375,8 @@ def rmsprop_step_rows(param, indices, grad_rows, square_avg, *, lr, alpha, eps, 
                       decoupled_weight_decay=False, maximize=False, amsgrad=False,
                       bias_correction=False, eps_in_sqrt=False, lr_in_momentum=False,
                       grad_scale=1.0, clip_value=None, momentum_buffer=None, grad_avg=None,
-                      max_square_avg=None, step=1, duplicates="sum", n_threads=None):
+                      max_square_avg=None, step=1, duplicates="sum", n_threads=None,
+                      norm_coefficient=1.0):
     """The lazy row step, written as the spec (same signature as the kernel).
 
     Gathers the listed rows of ``param`` and of every state buffer, steps them with
@@ -383,6 +384,7 @@ def rmsprop_step_rows(param, indices, grad_rows, square_avg, *, lr, alpha, eps, 
     more than once: ``"sum"`` adds its gradient rows in order of appearance (``g_first +
     g_second + ...``, in the buffer dtype) and steps it once; ``"sequential"`` steps it once
     per listing, in order; ``"error"`` raises ValueError. ``n_threads`` is ignored.
+    ``norm_coefficient`` is the clip-by-global-norm factor RMSprop applies.
     """
     indices = np.asarray(indices).astype(np.int64)
     if indices.size == 0:
@@ -392,7 +394,8 @@ def rmsprop_step_rows(param, indices, grad_rows, square_avg, *, lr, alpha, eps, 
                    decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                    amsgrad=amsgrad, bias_correction=bias_correction, eps_in_sqrt=eps_in_sqrt,
                    lr_in_momentum=lr_in_momentum, grad_scale=grad_scale,
-                   clip_value=math.inf if clip_value is None else clip_value, step=step)
+                   clip_value=math.inf if clip_value is None else clip_value, step=step,
+                   norm_coefficient=norm_coefficient)
     states = {"square_avg": square_avg, "momentum_buffer": momentum_buffer,
               "grad_avg": grad_avg, "max_square_avg": max_square_avg}
     states = {name: buffer for name, buffer in states.items() if buffer is not None}
@@ -405,15 +408,7 @@ def rmsprop_step_rows(param, indices, grad_rows, square_avg, *, lr, alpha, eps, 
         for name, buffer in states.items():
             buffer[rows] = gathered[name]
 
-    # rank[i]: how many times row indices[i] was listed before position i.
-    order = np.argsort(indices, kind="stable")
-    sorted_rows = indices[order]
-    group_start = np.zeros(len(indices), dtype=np.int64)
-    boundaries = np.flatnonzero(np.diff(sorted_rows)) + 1
-    group_start[boundaries] = boundaries
-    rank = np.empty(len(indices), dtype=np.int64)
-    rank[order] = np.arange(len(indices)) - np.maximum.accumulate(group_start)
-
+    rank = _listing_rank(indices)
     if duplicates == "error" and rank.max() > 0:
         position = int(np.flatnonzero(rank > 0)[0])
         raise ValueError(f"indices[{position}] repeats row {indices[position]}")
@@ -422,13 +417,37 @@ def rmsprop_step_rows(param, indices, grad_rows, square_avg, *, lr, alpha, eps, 
             listed = rank == k
             step_rows(indices[listed], grad_rows[listed])
         return
+    step_rows(*sum_duplicate_rows(indices, grad_rows))
+
+
+def _listing_rank(indices):
+    """rank[i]: how many times row indices[i] was listed before position i."""
+    order = np.argsort(indices, kind="stable")
+    sorted_rows = indices[order]
+    group_start = np.zeros(len(indices), dtype=np.int64)
+    boundaries = np.flatnonzero(np.diff(sorted_rows)) + 1
+    group_start[boundaries] = boundaries
+    rank = np.empty(len(indices), dtype=np.int64)
+    rank[order] = np.arange(len(indices)) - np.maximum.accumulate(group_start)
+    return rank
+
+
+def sum_duplicate_rows(indices, grad_rows):
+    """(distinct rows ascending, their summed gradient rows): the gradient rows of a row
+    listed more than once added in order of appearance, ``g_first + g_second + ...``, in
+    the buffer dtype. The gradient a row step applies with ``duplicates="sum"`` (and the
+    one RMSprop's global norm reads)."""
+    indices = np.asarray(indices).astype(np.int64)
     rows, unit = np.unique(indices, return_inverse=True)
     summed = np.empty((len(rows),) + grad_rows.shape[1:], dtype=grad_rows.dtype)
+    if indices.size == 0:
+        return rows, summed
+    rank = _listing_rank(indices)
     summed[unit[rank == 0]] = grad_rows[rank == 0]
     for k in range(1, rank.max() + 1):                # g_first + g_second + ..., in order
         listed = rank == k
         summed[unit[listed]] = summed[unit[listed]] + grad_rows[listed]
-    step_rows(rows, summed)
+    return rows, summed
 
 
-__all__ += ["rmsprop_step_rows"]
+__all__ += ["rmsprop_step_rows", "sum_duplicate_rows"]

@@ -14,6 +14,8 @@ import math
 from itertools import repeat
 from operator import attrgetter, is_
 
+import numpy as np
+
 try:
     import torch
 except ImportError as error:          # torch is an optional dependency
@@ -24,6 +26,8 @@ except ImportError as error:          # torch is an optional dependency
 
 from rmsprop_c import _kernels
 from rmsprop_c._low_precision import BFLOAT16
+from rmsprop_c._rowgrad import RowGrad
+from rmsprop_c._torch_rows import row_grad
 from rmsprop_c._options import GROUP_KEYS, MAX_STEP, check_option, state_layout
 from rmsprop_c.flavors import FOLLOW_EPS, HYPERPARAMETERS, get_flavor
 
@@ -38,6 +42,11 @@ _TORCH_LABELS = {"lr": "learning rate", "eps": "epsilon value", "momentum": "mom
 _grad_of = attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 _tensor_numpy = torch.Tensor.numpy
+_numel = torch.Tensor.numel
+_is_contiguous = torch.Tensor.is_contiguous
+_is_neg = torch.Tensor.is_neg
+_dtype_of = attrgetter("dtype")
+_is_cpu = attrgetter("is_cpu")
 
 
 def _numpy_view(tensor):
@@ -103,7 +112,9 @@ class RMSprop(torch.optim.Optimizer):
     ``state[p]`` entries (``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``), same
     state_dict format, so checkpoints move between the two. ``step()`` updates every
     parameter with a gradient in one call to the compiled kernels, in place, without copies;
-    parameters whose ``.grad`` is None are skipped and their state does not advance.
+    parameters whose ``.grad`` is None are skipped and their state does not advance. A sparse
+    COO grad of a 2-D parameter (``nn.Embedding(sparse=True)``) steps only the rows it lists
+    (lazily, repeated rows summed), from views of its indices and values.
 
     Parameters
     ----------
@@ -262,6 +273,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         self._engine = None
         self._params = []
         self._param_ptrs = []
+        self._numels = []
+        self._dtypes = []
         self._group_lists = []
         self._layouts = []
         self._step_counts = None
@@ -317,6 +330,8 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         self._step_counts = counts
         self._params = params
         self._param_ptrs = list(map(_data_ptr, params))
+        self._numels = list(map(_numel, params))
+        self._dtypes = list(map(_dtype_of, params))
         self._group_lists = [(group["params"], len(group["params"]))
                              for group in self.param_groups]
         self._layouts = [(group["momentum"] > 0, bool(group["centered"]),
@@ -382,31 +397,51 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         return translated
 
     @staticmethod
-    def _views_of(grads):
+    def _views_of(grads, params=None):
         """NumPy views of the grads (None stays None), in the fewest calls; and whether
         every grad was there."""
         try:
             return list(map(_tensor_numpy, grads)), True
         except (TypeError, RuntimeError):      # a None, sparse or autograd-tracked grad
-            views = RMSprop._careful_views(grads)
+            views = RMSprop._careful_views(grads, params)
             return views, not _has_none(views)
 
     @staticmethod
-    def _careful_views(grads):
-        """Views of any dense grad, copied when not contiguous; errors name the index."""
+    def _careful_views(grads, params=None):
+        """Views of any dense grad, copied when not contiguous, and row grads viewing
+        sparse COO grads; errors name the index."""
         views = []
         for index, grad in enumerate(grads):
             if grad is None:
                 views.append(None)
                 continue
-            if grad.layout != torch.strided:
-                raise RuntimeError(f"params[{index}].grad is sparse ({grad.layout}): "
-                                   "rmsprop_c.torch.RMSprop does not support sparse gradients")
+            if grad.layout != torch.strided:            # rows: sparse COO grads
+                views.append(row_grad(grad, params[index] if params else grad, index))
+                continue
             grad = grad.detach()
             if not grad.is_contiguous():
                 grad = grad.contiguous()       # a copy is fine: grads are only read
             views.append(_numpy_view(grad))
         return views
+
+    def _addresses_of(self, grads):
+        """The grads' data addresses when every grad is new this step (the usual
+        ``zero_grad(set_to_none=True)`` loop) and plainly fits its param: a CPU strided
+        contiguous tensor of the param's dtype and element count. Cheaper than NumPy views
+        of fresh tensors; None when views are the way (persistent grads, None grads,
+        anything unusual, which the views path checks and explains)."""
+        if self._keep_grad_views or _has_none(grads):
+            return None
+        try:
+            addresses = list(map(_data_ptr, grads))           # raises for sparse layouts
+        except RuntimeError:
+            return None
+        if (0 in addresses or list(map(_numel, grads)) != self._numels
+                or list(map(_dtype_of, grads)) != self._dtypes
+                or not all(map(_is_contiguous, grads)) or not all(map(_is_cpu, grads))
+                or any(map(_is_neg, grads))):
+            return None
+        return np.array(addresses, dtype=np.uintp)
 
     def _grad_views_cached(self, grads):
         """Views of ``grads``, reusing last step's when every grad is the same tensor object.
@@ -419,8 +454,9 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         if refs is not None and all(map(is_, grads, refs)):
             self._keep_grad_views = True
             return self._grad_views
-        views, complete = self._views_of(grads)
-        if self._keep_grad_views:
+        views, complete = self._views_of(grads, self._params)
+        # rows: a sparse grad's indices and values change in place when it accumulates
+        if self._keep_grad_views and not any(isinstance(view, RowGrad) for view in views):
             self._grad_refs, self._grad_views = grads, views
         else:
             self._grad_refs = self._grad_views = None
@@ -454,16 +490,23 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         if not self._current():
             self._build()
         grads = list(map(_grad_of, self._params))
-        views = self._grad_views_cached(grads)
-        complete = self._grads_complete
         groups = self._engine_groups()
+        addresses = self._addresses_of(grads)
         try:
-            applied = self._engine.step(views, groups, self.n_threads, self.skip_nonfinite)
+            if addresses is not None:
+                complete = True
+                applied = self._engine.step_addresses(addresses, groups, self.n_threads,
+                                                      self.skip_nonfinite)
+            else:
+                views = self._grad_views_cached(grads)
+                complete = self._grads_complete
+                applied = self._engine.step(views, groups, self.n_threads,
+                                            self.skip_nonfinite)
         except (TypeError, ValueError):
             # Nothing was written. A non-contiguous grad needs a copy: retry once with
             # careful views; any other problem raises again, named in torch's terms.
             self._clear_grad_cache()
-            views = self._careful_views(grads)
+            views = self._careful_views(grads, self._params)
             complete = not _has_none(views)
             self._explain_grads(grads)
             applied = self._engine.step(views, groups, self.n_threads, self.skip_nonfinite)

@@ -459,3 +459,12 @@ def test_quick_rows_bench_reports_every_case():
         assert set(case["seconds"]) == {"rmsprop_step_rows", "same_traffic_step_rows",
                                         "dense rmsprop_step", "numpy gather/step/scatter"}
         assert all(seconds > 0 for seconds in case["seconds"].values())
+    assert [case["n_threads"] for case in result["optimizer"]] == \
+        [case["n_threads"] for case in result["cases"]
+         if case["touched_fraction"] == _bench_rows.FRACTIONS[0]]
+    for case in result["optimizer"]:
+        assert set(case["seconds"]) == {
+            "RMSprop.step table rows + MLP", "RMSprop.step table dense + MLP",
+            "RMSprop.step MLP alone", "rmsprop_step_rows table alone"}
+        assert all(seconds > 0 for seconds in case["seconds"].values())
+        assert case["dense_step_over_mixed_step"] > 0

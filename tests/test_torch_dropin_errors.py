@@ -169,14 +169,51 @@ def test_param_data_changed_later_is_refused_before_writing(change):
     assert_unchanged(optimizer, before)
 
 
-def test_sparse_grad_is_refused_before_writing():
+def sparse_grads_refused():
+    """Sparse grads other than the rows of a 2-D param (nn.Embedding(sparse=True)'s) that
+    torch lets a 2-D param hold (it refuses other layouts, shapes and dtypes itself)."""
+    yield "two sparse dims", lambda: torch.sparse_coo_tensor(
+        [[0, 3], [1, 2]], [1.0, 2.0], (4, 3), check_invariants=True), RuntimeError, \
+        r"params\[2\]\.grad is sparse COO with 2 sparse and 0 dense dims"
+
+
+@pytest.mark.parametrize("case", list(sparse_grads_refused()), ids=lambda case: case[0])
+def test_sparse_grads_other_than_rows_are_refused_before_writing(case):
+    _, make_grad, error, message = case
     params = make_params(3)
     optimizer = RMSprop(params, momentum=0.9)
     optimizer.step()
     before = snapshot(optimizer)
-    params[2].grad = torch.sparse_coo_tensor([[0, 3], [1, 2]], [1.0, 2.0], (4, 3),
-                                             check_invariants=True)
-    with pytest.raises(RuntimeError, match=r"params\[2\]\.grad is sparse"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # sparse CSR is beta
+        params[2].grad = make_grad()
+    with pytest.raises(error, match=message):
+        optimizer.step()
+    assert_unchanged(optimizer, before)
+
+
+def test_sparse_grad_of_a_vector_is_refused_before_writing():
+    params = make_params(2) + [torch.nn.Parameter(torch.zeros(5))]
+    params[2].grad = torch.ones(5)
+    optimizer = RMSprop(params, momentum=0.9)
+    optimizer.step()
+    before = snapshot(optimizer)
+    params[2].grad = torch.ones(5).to_sparse()
+    with pytest.raises(RuntimeError, match=r"params\[2\]\.grad is sparse COO with 1 sparse "
+                                           r"and 0 dense dims for a 1-D parameter"):
+        optimizer.step()
+    assert_unchanged(optimizer, before)
+
+
+def test_sparse_row_grad_out_of_range_is_refused_before_writing():
+    params = make_params(3)
+    optimizer = RMSprop(params, momentum=0.9)
+    optimizer.step()
+    before = snapshot(optimizer)
+    params[0].grad = torch.randn(4, 3).to_sparse(1)
+    params[2].grad = torch.sparse_coo_tensor([[0, 7]], torch.ones(2, 3), (4, 3),
+                                             check_invariants=False)
+    with pytest.raises(IndexError, match=r"grads\[2\]\.indices\[1\] = 7 is out of range"):
         optimizer.step()
     assert_unchanged(optimizer, before)
 

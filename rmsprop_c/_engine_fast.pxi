@@ -1,0 +1,198 @@
+# The engine's step in one parallel region, without the GIL: each worker checks its share of
+# the tensors in C (buffers unchanged, grads acceptable), a barrier, one thread lays out the
+# plan, a barrier, then the workers run the kernels. Checking is cache-miss bound (a few array
+# headers per tensor), so it scales with the workers like the kernels do. A tensor that fails
+# these checks sends the step to the full checks under the GIL (_engine_checks.pxi): they
+# raise the error that names it, or accept it (a dtype equal to the param's but another object).
+
+cdef extern from *:
+    """
+    static inline void rc_atomic_add(Py_ssize_t *target, Py_ssize_t value) {
+        __atomic_fetch_add(target, value, __ATOMIC_RELAXED);
+    }
+    """
+    void rc_atomic_add(Py_ssize_t *target, Py_ssize_t value) noexcept nogil
+
+cdef PyObject *_NONE = <PyObject *>None
+
+
+cdef inline bint _grad_fits(MultiTensorStep self, Py_ssize_t i, PyObject *grad) noexcept nogil:
+    """An ndarray of the param's dtype object and shape, contiguous, aligned, not overlapping
+    a buffer the step writes."""
+    cdef PyObject *param = self.param_objects[i]
+    cdef int ndim = rc_array_ndim(param), axis
+    cdef cnp.npy_intp *dims
+    cdef cnp.npy_intp *param_dims
+    cdef uintptr_t start, stop
+    if (not rc_is_ndarray(grad) or rc_array_descr(grad) != rc_array_descr(param)
+            or (rc_array_flags(grad) & _CONTIGUOUS_ALIGNED) != _CONTIGUOUS_ALIGNED
+            or rc_array_ndim(grad) != ndim):
+        return False
+    dims = rc_array_dims(grad)
+    param_dims = rc_array_dims(param)
+    for axis in range(ndim):
+        if dims[axis] != param_dims[axis]:
+            return False
+    return _grad_disjoint(self, i, <uintptr_t>rc_array_data(grad))
+
+
+cdef inline bint _grad_disjoint(MultiTensorStep self, Py_ssize_t i,
+                                uintptr_t start) noexcept nogil:
+    """Tensor i's grad at `start` does not overlap a buffer the step writes."""
+    cdef uintptr_t stop
+    # The writable ranges never change: a grad address proven disjoint stays so (grads are
+    # often reused, or reallocated at the same address, step after step).
+    if start == self.grad_disjoint[2 * i]:
+        return True
+    stop = start + <uintptr_t>(self.watches[self.tensor_watches[i]].size
+                               * _code_itemsize(self.tensor_dtype[i]))
+    if _engine_overlaps_writable(self, start, stop):
+        return False
+    self.grad_disjoint[2 * i] = start
+    self.grad_disjoint[2 * i + 1] = stop
+    return True
+
+
+cdef inline void _prefetch_tensor(MultiTensorStep self, PyObject *grads, Py_ssize_t i,
+                                  bint shapes) noexcept nogil:
+    """Start loading tensor i's array headers (they left the cache during the last step),
+    or, with `shapes`, the shape arrays they point to (their headers loaded by now)."""
+    cdef Py_ssize_t w
+    cdef PyObject *grad = rc_tuple_item(grads, i) if grads != NULL else _NONE
+    for w in range(self.tensor_watches[i], self.tensor_watches[i + 1]):
+        rc_prefetch(rc_array_dims(self.watches[w].array) if shapes
+                    else <void *>self.watches[w].array)
+    if not shapes:
+        rc_prefetch(grad)
+    elif grad != _NONE and rc_is_ndarray(grad):
+        rc_prefetch(rc_array_dims(grad))
+
+
+cdef Py_ssize_t _engine_check_range(MultiTensorStep self, PyObject *grads,
+                                    const uintptr_t *addresses, Py_ssize_t low,
+                                    Py_ssize_t high) noexcept nogil:
+    """Tensors [low, high): how many fail the C checks. Records each grad's pointer. Grads
+    are arrays in the tuple `grads`, or, when that is NULL, memory at `addresses` (0: None)
+    that the caller vouches for: the param's dtype and size, contiguous, alive."""
+    cdef Py_ssize_t i, w, failed = 0
+    cdef PyObject *grad
+    cdef uintptr_t address
+    cdef bint good, active
+    # Headers are fetched 2 * _PREFETCH_AHEAD tensors ahead, shape arrays half as far.
+    for i in range(low, min(high, low + 2 * _PREFETCH_AHEAD)):
+        _prefetch_tensor(self, grads, i, False)
+    for i in range(low, min(high, low + _PREFETCH_AHEAD)):
+        _prefetch_tensor(self, grads, i, True)
+    for i in range(low, high):
+        if i + 2 * _PREFETCH_AHEAD < high:
+            _prefetch_tensor(self, grads, i + 2 * _PREFETCH_AHEAD, False)
+        if i + _PREFETCH_AHEAD < high:
+            _prefetch_tensor(self, grads, i + _PREFETCH_AHEAD, True)
+        good = True
+        for w in range(self.tensor_watches[i], self.tensor_watches[i + 1]):
+            good = good and _watch_holds(&self.watches[w])
+        if grads != NULL:
+            grad = rc_tuple_item(grads, i)
+            active = grad != _NONE
+            address = <uintptr_t>rc_array_data(grad) if active else 0
+            good = good and (not active or _grad_fits(self, i, grad))
+        else:
+            address = addresses[i]
+            active = address != 0
+            good = good and (not active or _grad_disjoint(self, i, address))
+        self.tensor_active[i] = active
+        good = good and (not active or self.tensor_steps[i] < _MAX_STEP)
+        self.buffers[i].grad = <const void *>address if good else NULL
+        self.tensor_lowp[i].grad_dtype = self.tensor_lowp[i].param_dtype   # fits: same dtype
+        failed += not good
+    return failed
+
+
+cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
+    """The plan of the step from the checked tensors. A group's scalars are derived once,
+    from its first active tensor's step count; bias correction needs its own scalars for a
+    tensor whose count differs (one skipped with a None grad before)."""
+    cdef Py_ssize_t i, g, n_active = 0, size
+    cdef int dtype, variant
+    cdef const Options *options = self.group_options
+    cdef rc_nonfinite_fn checks[2]
+    for g in range(self.n_groups):
+        self.group_ref_step[g] = -1
+        variant = _variant(&options[g])
+        self.group_kernels[2 * g] = rc_get_kernel(_simd, RC_FLOAT32, variant)
+        self.group_kernels[2 * g + 1] = rc_get_kernel(_simd, RC_FLOAT64, variant)
+    checks[0] = rc_get_nonfinite_check(_simd, RC_FLOAT32)
+    checks[1] = rc_get_nonfinite_check(_simd, RC_FLOAT64)
+    self.plan_offsets[0] = 0
+    self.plan_chunk_offsets[0] = 0
+    for i in range(self.n_tensors):
+        if not self.tensor_active[i]:
+            continue
+        g = self.tensor_group[i]
+        if self.group_ref_step[g] < 0:
+            _fill_hyper(&options[g], self.tensor_steps[i] + 1, &self.group_hyper[g])
+            self.group_ref_step[g] = self.tensor_steps[i]
+            self.plan_hypers[n_active] = &self.group_hyper[g]
+        elif (options[g].values[_BIAS_CORRECTION] != 0.0
+                and self.tensor_steps[i] != self.group_ref_step[g]):
+            _fill_hyper(&options[g], self.tensor_steps[i] + 1, &self.tensor_hyper[i])
+            self.plan_hypers[n_active] = &self.tensor_hyper[i]
+        else:
+            self.plan_hypers[n_active] = &self.group_hyper[g]
+        dtype = self.tensor_dtype[i]
+        size = self.watches[self.tensor_watches[i]].size
+        self.plan_kernels[n_active] = self.group_kernels[2 * g + (dtype == RC_FLOAT64)]
+        self.plan_checks[n_active] = checks[dtype == RC_FLOAT64]
+        self.plan_itemsizes[n_active] = 8 if dtype == RC_FLOAT64 else 4
+        self.plan_buffers[n_active] = &self.buffers[i]
+        _engine_lowp_plan(self, i, n_active)        # low precision: _engine_lowp.pxi
+        self.plan_tensors[n_active] = i
+        self.plan_offsets[n_active + 1] = self.plan_offsets[n_active] + size
+        self.plan_chunk_offsets[n_active + 1] = (self.plan_chunk_offsets[n_active]
+                                                 + _chunks_of(size))
+        n_active += 1
+    self.plan.n = n_active
+    self.plan.total = self.plan_offsets[n_active]
+    self.plan.offsets = self.plan_offsets
+    self.plan.itemsizes = self.plan_itemsizes
+    self.plan.kernels = self.plan_kernels
+    self.plan.checks = self.plan_checks
+    self.plan.hypers = self.plan_hypers
+    self.plan.buffers = self.plan_buffers
+    self.plan.chunk_offsets = self.plan_chunk_offsets
+
+
+cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
+                                    const uintptr_t *addresses, int workers,
+                                    bint run) noexcept nogil:
+    """Check every tensor, lay out the plan and (with `run`) run it, in one region of
+    `workers` threads. Returns how many tensors failed the checks (then nothing ran)."""
+    cdef Py_ssize_t n = self.n_tensors, failed
+    cdef int team, worker
+    cdef unsigned int mode, previous
+    if workers <= 1:
+        failed = _engine_check_range(self, grads, addresses, 0, n)
+        if failed == 0:
+            _engine_lay_out(self)
+            if run:
+                _plan_run_range(&self.plan, 0, self.plan.total)
+        return failed
+    mode = rc_fp_mode()
+    self.region_failed = 0
+    with parallel(num_threads=workers):
+        team = omp_get_num_threads()        # OpenMP may grant fewer threads than asked
+        worker = threadid()
+        previous = rc_fp_mode_enter(mode)
+        failed = _engine_check_range(self, grads, addresses, n * worker // team,
+                                     n * (worker + 1) // team)
+        if failed != 0:
+            rc_atomic_add(&self.region_failed, failed)
+        rc_omp_barrier()
+        if worker == 0 and self.region_failed == 0:
+            _engine_lay_out(self)
+        rc_omp_barrier()
+        if run and self.region_failed == 0:
+            _plan_run_range(&self.plan, _split_point(self.plan.total, worker, team),
+                            _split_point(self.plan.total, worker + 1, team))
+        rc_fp_mode_leave(previous)
+    return self.region_failed
