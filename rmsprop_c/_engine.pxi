@@ -67,7 +67,6 @@ cdef class MultiTensorStep:
     cdef object _lock
     cdef int _lock_generation
     cdef bint stepping
-    cdef object rows_duplicates         # row grads: this step's duplicates mode (_engine_rows.pxi)
     # Low precision (_engine_lowp.pxi): per tensor, dtypes, param copy and this step's keys.
     cdef rc_lowp *tensor_lowp
     cdef bint lowp_stochastic
@@ -283,12 +282,11 @@ cdef class MultiTensorStep:
         2-D param (lazy rows; ``duplicates`` as in ``rmsprop_step_rows``).
         """
         cdef tuple snapshot = self._snapshot(grads)
-        self.rows_duplicates = duplicates
         if len(snapshot) != self.n_tensors:
             raise ValueError(f"grads has {len(snapshot)} arrays, but the optimizer has "
                              f"{self.n_tensors} params")
         return self._step(snapshot, NULL, param_groups, n_threads, skip_nonfinite,
-                          max_grad_norm, norm_type)
+                          max_grad_norm, norm_type, duplicates)
 
     def step_addresses(self, addresses, param_groups, object n_threads=None,
                        bint skip_nonfinite=False, object max_grad_norm=None,
@@ -305,11 +303,11 @@ cdef class MultiTensorStep:
             raise ValueError(f"addresses must be 1-D with {self.n_tensors} entries, got "
                              f"shape {(<object>table).shape}")
         return self._step(None, <const uintptr_t *>cnp.PyArray_DATA(table), param_groups,
-                          n_threads, skip_nonfinite, max_grad_norm, norm_type)
+                          n_threads, skip_nonfinite, max_grad_norm, norm_type, "sum")
 
     cdef object _step(self, tuple snapshot, const uintptr_t *addresses, object param_groups,
                       object n_threads, bint skip_nonfinite, object max_grad_norm,
-                      object norm_type):
+                      object norm_type, object duplicates):
         global _largest_team
         cdef int threads = _thread_count(n_threads)
         cdef bint adaptive = n_threads is None
@@ -347,7 +345,7 @@ cdef class MultiTensorStep:
             if failed:
                 # A RowGrad is no array, so it fails the C checks: rows (_engine_rows.pxi)
                 if grads != NULL and _engine_has_rows(self, snapshot):
-                    return _engine_rows_step(self, snapshot, self.rows_duplicates, threads,
+                    return _engine_rows_step(self, snapshot, duplicates, threads,
                                              adaptive, skip_nonfinite, clip_by_norm,
                                              threshold, inf_norm)
                 self._prepare(snapshot, addresses, True)   # raises, or accepts what C could not
