@@ -98,3 +98,14 @@ cdef inline void _engine_lowp_plan(MultiTensorStep self, Py_ssize_t i,
     self.buffers[i].lowp = lowp
     self.plan_checks[slot] = rc_get_nonfinite_check(_simd, lowp.grad_dtype)
     self.plan_itemsizes[slot] = <unsigned char>_code_itemsize(lowp.param_dtype)
+
+
+cdef int _engine_lowp_refuse_rows(MultiTensorStep self, Py_ssize_t i, str name) except -1:
+    """Row grads step float32/float64 buffers only: refuse them for a low-precision tensor."""
+    cdef rc_lowp *lowp = &self.tensor_lowp[i]
+    if lowp.param_dtype >= RC_BFLOAT16 or lowp.param_copy != NULL or (
+            lowp.state_dtype >= 0 and lowp.state_dtype != lowp.param_dtype):
+        raise TypeError(f"{name} is a RowGrad, but params[{i}] is stepped in low precision "
+                        "(bfloat16/float16 param or state, or a param copy); row grads need "
+                        "float32 or float64 params with state of the same dtype")
+    return 0

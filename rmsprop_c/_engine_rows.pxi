@@ -96,6 +96,7 @@ cdef int _engine_check_row_grad(MultiTensorStep self, Py_ssize_t i, object grad,
     if cnp.PyArray_NDIM(param) != 2:
         raise ValueError(f"{name} is a RowGrad, but params[{i}] has shape "
                          f"{(<object>param).shape}; row grads need a 2-D (rows, width) param")
+    _engine_lowp_refuse_rows(self, i, name)          # low precision: _engine_lowp.pxi
     try:
         indices = _check_indices(grad.indices)
     except (TypeError, ValueError) as error:

@@ -416,6 +416,9 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
                 views.append(None)
                 continue
             if grad.layout != torch.strided:            # rows: sparse COO grads
+                if grad.dtype in (torch.bfloat16, torch.float16):
+                    raise TypeError(f"params[{index}].grad is a sparse {grad.dtype} tensor: "
+                                    "row grads need float32 or float64 params")
                 views.append(row_grad(grad, params[index] if params else grad, index))
                 continue
             grad = grad.detach()

@@ -192,3 +192,16 @@ def test_skip_nonfinite_sees_nan_in_low_precision_grads():
     assert opt.skipped_steps == 1
     assert [p.tobytes() for p in params] + [s["square_avg"].tobytes() for s in opt.state] == before
     assert opt.step([np.ones(3000, BF16), np.ones(70, F16)]) is True
+
+
+@pytest.mark.parametrize("kwargs, dtype", [({}, BF16), ({}, F16), ({"state_dtype": "bfloat16"}, F32),
+                                           ({"param_copies": "bf16"}, F32)])
+def test_row_grads_of_low_precision_tensors_are_refused_naming_them(kwargs, dtype):
+    table = np.ones((10, 4), dtype)
+    if kwargs.get("param_copies"):
+        kwargs = {"param_copies": [np.zeros((10, 4), BF16)]}
+    opt = rc.RMSprop([table], lr=0.1, **kwargs)
+    before = [table.tobytes()] + [b.tobytes() for b in opt.state[0].values()]
+    with pytest.raises(TypeError, match=r"grads\[0\] is a RowGrad"):
+        opt.step([rc.RowGrad(np.array([1, 3]), np.ones((2, 4), dtype))])
+    assert [table.tobytes()] + [b.tobytes() for b in opt.state[0].values()] == before

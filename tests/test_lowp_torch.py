@@ -62,3 +62,14 @@ def test_rounding_and_seed_are_checked_and_survive_pickling():
     optimizer = rct.RMSprop([param], rounding="stochastic", seed=3)
     restored = pickle.loads(pickle.dumps(optimizer))
     assert (restored.rounding, restored.seed) == ("stochastic", 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_sparse_grads_of_low_precision_params_are_refused_naming_them(dtype):
+    embedding = torch.nn.Embedding(10, 4, sparse=True).to(dtype)
+    optimizer = rct.RMSprop(embedding.parameters(), lr=0.1)
+    before = embedding.weight.detach().clone()
+    embedding(torch.tensor([1, 2])).float().sum().backward()
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        optimizer.step()
+    assert torch.equal(embedding.weight.detach(), before)
