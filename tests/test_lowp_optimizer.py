@@ -205,3 +205,15 @@ def test_row_grads_of_low_precision_tensors_are_refused_naming_them(kwargs, dtyp
     with pytest.raises(TypeError, match=r"grads\[0\] is a RowGrad"):
         opt.step([rc.RowGrad(np.array([1, 3]), np.ones((2, 4), dtype))])
     assert [table.tobytes()] + [b.tobytes() for b in opt.state[0].values()] == before
+
+
+def test_low_precision_dense_tensors_step_next_to_row_grads():
+    def run(cls):
+        dense, table = np.ones(3000, BF16), np.ones((10, 4), F32)
+        opt = cls([dense, table], lr=0.01, rounding="stochastic", seed=3)
+        for k in range(3):
+            opt.step([np.full(3000, 0.5 + k, BF16),
+                      rc.RowGrad(np.array([1, 3]), np.ones((2, 4), F32))])
+        return everything(opt, [dense, table], None)
+
+    assert run(rc.RMSprop) == run(slow.RMSprop)
