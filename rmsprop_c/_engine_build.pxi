@@ -45,7 +45,8 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
     self.plan_buffers = <const rc_buffers **>calloc(m, sizeof(rc_buffers *))
     self.plan_chunk_offsets = <Py_ssize_t *>calloc(m + 1, sizeof(Py_ssize_t))
     self.tensor_lowp = <rc_lowp *>calloc(m, sizeof(rc_lowp))
-    if (self.tensor_lowp == NULL or self.buffers == NULL or self.tensor_group == NULL or self.tensor_dtype == NULL
+    if (self.tensor_lowp == NULL
+            or self.buffers == NULL or self.tensor_group == NULL or self.tensor_dtype == NULL
             or self.tensor_steps == NULL or self.tensor_hyper == NULL
             or self.group_options == NULL or self.group_hyper == NULL
             or self.group_ref_step == NULL
@@ -72,7 +73,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
     cdef list ranges = []
     cdef int present
     for i in range(n):
-        array = _engine_param_array(self.params[i], i)     # float32/64 or bfloat16
+        array = _engine_param_array(self.params[i], i)     # float32/64, bfloat16, float16
         self.params[i] = array
         self.param_objects[i] = <PyObject *>array
         g = operator.index(group_of_param[i])
