@@ -47,6 +47,8 @@ cdef class MultiTensorStep:
     cdef Py_ssize_t *plan_offsets
     cdef Py_ssize_t *plan_tensors       # the tensor index of each plan entry
     cdef unsigned char *tensor_active   # this step: the grad is not None
+    cdef void **grad_descr              # the grad dtype object the C checks accept
+    cdef list grad_dtypes               # ... held, so that no other object takes its address
     cdef Py_ssize_t region_failed       # tensors failing the C checks in this step's region
     cdef Py_ssize_t all_elements        # of every param: the step's size for the policy
     cdef rc_kernel_fn *plan_kernels
@@ -91,6 +93,7 @@ cdef class MultiTensorStep:
         self.plan_offsets = NULL
         self.plan_tensors = NULL
         self.tensor_active = NULL
+        self.grad_descr = NULL
         self.tensor_watches = NULL
         self.plan_kernels = NULL
         self.plan_checks = NULL
@@ -121,6 +124,7 @@ cdef class MultiTensorStep:
         free(self.plan_offsets)
         free(self.plan_tensors)
         free(self.tensor_active)
+        free(self.grad_descr)
         free(self.tensor_watches)
         free(self.plan_kernels)
         free(self.plan_checks)

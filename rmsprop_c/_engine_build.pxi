@@ -37,6 +37,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
     self.plan_offsets = <Py_ssize_t *>calloc(m + 1, sizeof(Py_ssize_t))
     self.plan_tensors = <Py_ssize_t *>calloc(m, sizeof(Py_ssize_t))
     self.tensor_active = <unsigned char *>calloc(m, sizeof(unsigned char))
+    self.grad_descr = <void **>calloc(m, sizeof(void *))
     self.tensor_watches = <Py_ssize_t *>calloc(m + 1, sizeof(Py_ssize_t))
     self.plan_kernels = <rc_kernel_fn *>calloc(m, sizeof(rc_kernel_fn))
     self.plan_checks = <rc_nonfinite_fn *>calloc(m, sizeof(rc_nonfinite_fn))
@@ -53,7 +54,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
             or self.group_states == NULL or self.group_float32_member == NULL
             or self.watches == NULL or self.plan_offsets == NULL
             or self.plan_tensors == NULL or self.tensor_watches == NULL
-            or self.tensor_active == NULL
+            or self.tensor_active == NULL or self.grad_descr == NULL
             or self.grad_disjoint == NULL or self.group_kernels == NULL
             or self.param_objects == NULL
             or self.plan_kernels == NULL or self.plan_checks == NULL
@@ -62,6 +63,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
             or self.plan_chunk_offsets == NULL):
         raise MemoryError()
     self.params = list(params)
+    self.grad_dtypes = [None] * n
     self.held = []
     self.group_members = [[] for _ in range(n_groups)]
     self.group_prefixes = [f"param_groups[{g}]" for g in range(n_groups)]
@@ -84,6 +86,8 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
             self.group_float32_member[g] = i
         self.group_members[g].append(array)
         self.buffers[i].param = cnp.PyArray_DATA(array)
+        self.grad_descr[i] = <void *>cnp.PyArray_DESCR(array)
+        self.grad_dtypes[i] = array.dtype
         self.tensor_watches[i] = self.n_watches
         _engine_watch(self, array)
         ranges.append((<uintptr_t>cnp.PyArray_DATA(array), cnp.PyArray_NBYTES(array),

@@ -80,8 +80,10 @@ cdef int _engine_check_tensor(MultiTensorStep self, Py_ssize_t i, PyObject *grad
         raise ValueError(f"grads[{i}] shares memory with a parameter or state buffer")
     if self.tensor_steps[i] >= _MAX_STEP:
         raise ValueError(f"params[{i}] has taken 2**62 steps, the most a step count may hold")
-    self.tensor_lowp[i].grad_dtype = (_any_dtype_code(<cnp.ndarray>grad) if grad != NULL
-                                      else self.tensor_lowp[i].param_dtype)   # low precision
+    if grad != NULL:        # the C checks accept this dtype object from now on
+        self.grad_dtypes[i] = (<cnp.ndarray>grad).dtype    # held: its address stays its own
+        self.grad_descr[i] = rc_array_descr(grad)
+        self.tensor_lowp[i].grad_dtype = _any_dtype_code(<cnp.ndarray>grad)
     return 0
 
 

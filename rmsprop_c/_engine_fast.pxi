@@ -17,14 +17,14 @@ cdef PyObject *_NONE = <PyObject *>None
 
 
 cdef inline bint _grad_fits(MultiTensorStep self, Py_ssize_t i, PyObject *grad) noexcept nogil:
-    """An ndarray of the param's dtype object and shape, contiguous, aligned, not overlapping
-    a buffer the step writes."""
+    """An ndarray of the dtype object last accepted for this grad (at first the param's) and
+    of the param's shape, contiguous, aligned, not overlapping a buffer the step writes."""
     cdef PyObject *param = self.param_objects[i]
     cdef int ndim = rc_array_ndim(param), axis
     cdef cnp.npy_intp *dims
     cdef cnp.npy_intp *param_dims
     cdef uintptr_t start, stop
-    if (not rc_is_ndarray(grad) or rc_array_descr(grad) != rc_array_descr(param)
+    if (not rc_is_ndarray(grad) or rc_array_descr(grad) != self.grad_descr[i]
             or (rc_array_flags(grad) & _CONTIGUOUS_ALIGNED) != _CONTIGUOUS_ALIGNED
             or rc_array_ndim(grad) != ndim):
         return False
@@ -45,7 +45,7 @@ cdef inline bint _grad_disjoint(MultiTensorStep self, Py_ssize_t i,
     if start == self.grad_disjoint[2 * i]:
         return True
     stop = start + <uintptr_t>(self.watches[self.tensor_watches[i]].size
-                               * _code_itemsize(self.tensor_dtype[i]))
+                               * _code_itemsize(self.tensor_lowp[i].grad_dtype))
     if _engine_overlaps_writable(self, start, stop):
         return False
     self.grad_disjoint[2 * i] = start
@@ -103,7 +103,6 @@ cdef Py_ssize_t _engine_check_range(MultiTensorStep self, PyObject *grads,
         self.tensor_active[i] = active
         good = good and (not active or self.tensor_steps[i] < _MAX_STEP)
         self.buffers[i].grad = <const void *>address if good else NULL
-        self.tensor_lowp[i].grad_dtype = self.tensor_lowp[i].param_dtype   # fits: same dtype
         failed += not good
     return failed
 

@@ -199,3 +199,21 @@ def test_an_address_table_of_the_wrong_shape_is_refused(table):
     params, grads, opt = build(1)
     with pytest.raises(ValueError, match="addresses must be 1-D"):
         opt._engine.step_addresses(table, opt.param_groups)
+
+
+def test_a_dtype_object_accepted_once_cannot_be_impersonated_later():
+    # The C checks remember the dtype object last accepted for a grad; another dtype must
+    # never pass for it, even one created after the first was dropped by its owner.
+    params, grads, opt = build(2)
+    odd = np.dtype(np.float32, metadata={"tag": 1})
+    grads[5] = grads[5].astype(odd)
+    opt.step(grads)
+    del odd
+    grads[5] = None
+    for attempt in range(50):
+        wrong = np.dtype(np.float64, metadata={"tag": attempt})
+        grads[5] = np.zeros(WIDTH, wrong)
+        before = snapshot(params, opt)
+        with pytest.raises(TypeError, match=r"grads\[5\]"):
+            opt.step(grads)
+        assert snapshot(params, opt) == before
