@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from rmsprop_c import _kernels
-from rmsprop_c._bench_defs import format_size, model_arrays, model_size, transformer_shapes
+from rmsprop_c._bench_defs import format_size, model_arrays, model_size, section_sizes
 from rmsprop_c._bench_timing import Contender, measure
 from rmsprop_c.optimizer import RMSprop
 
@@ -125,10 +125,8 @@ def run(quick=False):
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
-    settings = {"repeats": 3 if quick else 9, "min_time": 0.02 if quick else 0.2}
+    settings, size, transformer = section_sizes(quick)
     n_threads = _kernels.max_threads()
-    size = 1 << 20 if quick else 1 << 24
-    transformer = transformer_shapes(layers=2) if quick else transformer_shapes()
     return {
         "threads": n_threads,
         "quick": bool(quick),

@@ -252,3 +252,12 @@ class ModelCase:
         for index, state in enumerate(self.optimizer.state):
             arrays.update({f"state[{index}][{key!r}]": state[key] for key in keys})
         return arrays
+
+
+def section_sizes(quick):
+    """Timing settings, the out-of-cache size and the transformer of a section measured at
+    16M elements (1M, two layers and fewer repeats when ``quick``)."""
+    settings = {"repeats": 3 if quick else 9, "min_time": 0.02 if quick else 0.2}
+    size = 1 << 20 if quick else 1 << 24
+    transformer = transformer_shapes(layers=2) if quick else transformer_shapes()
+    return settings, size, transformer

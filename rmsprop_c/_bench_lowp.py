@@ -18,7 +18,7 @@ same-traffic kernel runs over one flat buffer of the same total).
 import numpy as np
 
 from rmsprop_c import _kernels
-from rmsprop_c._bench_defs import format_size, model_size, transformer_shapes
+from rmsprop_c._bench_defs import format_size, model_size, section_sizes
 from rmsprop_c._bench_timing import Contender, measure
 from rmsprop_c._low_precision import BFLOAT16
 from rmsprop_c.optimizer import RMSprop
@@ -117,10 +117,8 @@ def run(quick=False):
     if BFLOAT16 is None:
         return {"skipped": "bfloat16 needs the ml_dtypes package"}
     rng = np.random.default_rng(0)
-    settings = {"repeats": 3 if quick else 9, "min_time": 0.02 if quick else 0.2}
+    settings, size, transformer = section_sizes(quick)
     n_threads = _kernels.max_threads()
-    size = 1 << 20 if quick else 1 << 24
-    transformer = transformer_shapes(layers=2) if quick else transformer_shapes()
     return {
         "threads": n_threads, "quick": bool(quick),
         "cases": [_case(f"{format_size(size)}, one tensor", [(size,)], n_threads, settings, rng),

@@ -14,7 +14,6 @@ another order.
 
 import argparse
 import hashlib
-import math
 import sys
 import time
 
@@ -23,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from rmsprop_c.demo import (DATASETS, DEFAULT_EPOCHS, DEFAULT_HIDDEN, MLP, MissingDependency,
                             learning_rate_for, train_classifier)
+from rmsprop_c._demo_train import set_cosine_lr
 from rmsprop_c.flavors import FLAVORS
 
 __all__ = ["main", "build_parser", "train_data_parallel"]
@@ -51,8 +51,7 @@ def train_data_parallel(comm, dataset, *, flavor, lr, epochs, batch_size, seed, 
     history = []
     with threadpool_limits(limits=1, user_api="blas"):
         for epoch in range(1, epochs + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+            set_cosine_lr(optimizer, lr, epoch, epochs)
             order = rng.permutation(n_train)
             totals = np.zeros(2)  # loss summed over examples, examples classified right
             for start in range(0, n_train, batch_size):

@@ -16,7 +16,6 @@ keeps those updates in expectation. ``--plot`` draws the loss and accuracy curve
 """
 
 import argparse
-import math
 import sys
 
 import numpy as np
@@ -25,7 +24,8 @@ from threadpoolctl import threadpool_limits
 import rmsprop_c
 from rmsprop_c import _cli
 from rmsprop_c._demo_data import DATASETS, MLP, MissingDependency
-from rmsprop_c._demo_train import DEFAULT_EPOCHS, DEFAULT_HIDDEN, learning_rate_for
+from rmsprop_c._demo_train import (DEFAULT_EPOCHS, DEFAULT_HIDDEN, learning_rate_for,
+                                   set_cosine_lr)
 from rmsprop_c._low_precision import BFLOAT16
 
 __all__ = ["MODES", "train", "main"]
@@ -63,8 +63,7 @@ def train(dataset, mode, *, lr, epochs=DEFAULT_EPOCHS, batch_size=64, seed=0,
     history = []
     with threadpool_limits(limits=1, user_api="blas"):
         for epoch in range(1, epochs + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+            set_cosine_lr(optimizer, lr, epoch, epochs)
             order = rng.permutation(n_train)
             loss_sum, frozen_sum, n_steps = 0.0, 0.0, 0
             for start in range(0, n_train, batch_size):

@@ -112,6 +112,12 @@ def progress(total, desc, enabled=True):
 
 
 # ----------------------------------------------------------------------------- training
+def set_cosine_lr(optimizer, lr, epoch, epochs):
+    """Cosine decay from ``lr`` over the epochs (``epoch`` counts from 1), in every group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
 def learning_rate_for(flavor, explicit=None):
     """The learning rate the demo trains ``flavor`` with, and where it comes from.
 
@@ -205,8 +211,7 @@ def train_classifier(dataset, *, flavor="torch", lr, epochs=DEFAULT_EPOCHS, batc
     with threadpool_limits(limits=1, user_api="blas"):
         loop_start = time.perf_counter()
         for epoch in range(1, epochs + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+            set_cosine_lr(optimizer, lr, epoch, epochs)
             order = rng.permutation(n_train)
             loss_sum, n_correct = 0.0, 0
             for start in range(0, n_train, batch_size):

@@ -177,17 +177,22 @@ def check_real(value, name, low=None, high=None, low_open=False, allow_inf=False
     return number
 
 
-def check_step(value, name="step", low=1):
-    """``value`` as a Python int in [low, MAX_STEP]; TypeError/ValueError naming it."""
+def _as_int(value, name):
+    """``value`` as a Python int (NumPy integers and 0-d arrays too, never a bool)."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got bool {value!r}")
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     try:
-        number = operator.index(value)
+        return operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") \
             from None
+
+
+def check_step(value, name="step", low=1):
+    """``value`` as a Python int in [low, MAX_STEP]; TypeError/ValueError naming it."""
+    number = _as_int(value, name)
     if number < low:
         raise ValueError(f"{name} must be >= {low}, got {number}")
     if number > MAX_STEP:
@@ -217,15 +222,7 @@ def check_choice(value, name, choices):
 
 def check_int(value, name, low, high):
     """``value`` as a Python int in [low, high]; TypeError/ValueError naming it."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer, got bool {value!r}")
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") \
-            from None
+    number = _as_int(value, name)
     if not low <= number <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {number}")
     return number
