@@ -72,10 +72,12 @@ __attribute__((noinline)) static void rmsprop_chunk(const rc_hyper *hyper, ptrdi
     const T bias_correction = (T)hyper->bias_correction;
     const bool nesterov = hyper->nesterov != 0;
     const typename SignBits<T>::type sign_mask = hyper->maximize ? SignBits<T>::mask : 0;
+    const T norm_coefficient = (T)hyper->norm_coefficient;
 
     for (ptrdiff_t i = 0; i < n; ++i) {
         T p = param[i];
-        T g = flip_sign(grad[i], sign_mask);   /* preprocessed already, when that is on */
+        /* Scaled and clamped already when that is on; the norm's factor last, as the spec. */
+        T g = flip_sign(grad[i] * norm_coefficient, sign_mask);
         if (WD == RC_WD_COUPLED) g = g + weight_decay * p;
         if (WD == RC_WD_DECOUPLED) p = p - lr_weight_decay * p;
 
@@ -226,10 +228,10 @@ static int grad_read_pass(const rc_hyper *hyper, const void *grad_void, ptrdiff_
     const T clip = (T)hyper->clip_value;
     const T negative_clip = -clip;
     if (mode == RC_READ_PREPROCESS) {
-        const T coefficient = (T)hyper->norm_coefficient;
+        /* The step kernel applies the norm's factor: the block holds scaled, clamped grads. */
         T *__restrict result = static_cast<T *>(out);
         for (ptrdiff_t i = first; i < stop_at; ++i)
-            result[i - first] = preprocess(grad[i], grad_scale, negative_clip, clip, coefficient);
+            result[i - first] = preprocess(grad[i], grad_scale, negative_clip, clip, T(1));
         return 0;
     }
     double *partials = static_cast<double *>(out);

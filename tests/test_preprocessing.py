@@ -148,6 +148,33 @@ def test_nonfinite_is_seen_wherever_it_lies(simd, restore_simd):
             assert opt.step([grad]) is False, (position, value)
 
 
+@pytest.mark.parametrize("simd", SIMD_TARGETS)
+@pytest.mark.parametrize("base", BASES, ids=lambda b: ",".join(b) or "plain")
+def test_clip_by_norm_composes_with_every_kernel_family(simd, base, restore_simd):
+    # No grad_scale nor clip_value: the kernels apply the coefficient themselves. Steps with
+    # NaN (coefficient 1) and inf (norm inf, coefficient 0) grads included.
+    _kernels.set_simd_target(simd)
+    rng = np.random.default_rng(9)
+    sizes = [9000, 5]
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    fast = [rc.RMSprop([p.copy() for p in params], lr=0.01, max_grad_norm=1.0, n_threads=n,
+                       **base) for n in (1, 2)]
+    slow = SlowRMSprop([p.copy() for p in params], lr=0.01, max_grad_norm=1.0, **base)
+    for step in range(4):
+        grads = [make_grad(rng, n, np.float32) * 4 for n in sizes]
+        if step == 1:
+            grads[0][[3, 5000]] = [np.nan, -2.0]
+        if step == 2:
+            grads[0][7000] = -np.inf
+        for opt in fast + [slow]:
+            opt.step(grads)
+        for opt in fast:
+            assert same_float(opt.last_grad_norm, slow.last_grad_norm), step
+            for got, want in zip(opt.params + [s[k] for s in opt.state for k in sorted(s)],
+                                 slow.params + [s[k] for s in slow.state for k in sorted(s)]):
+                assert got.tobytes() == want.tobytes(), (step, opt.n_threads)
+
+
 # ---------------------------------------------------------------------------------------
 # The optimizer: clip by global norm, per-group preprocessing, skip_nonfinite
 
