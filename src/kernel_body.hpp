@@ -12,7 +12,7 @@
  * The including file brings the system headers it needs (stddef, stdint, utility).
  */
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -153,19 +153,38 @@ static inline typename SignBits<T>::type nonfinite_bits(T x) {
 /* The direct norm path's shape: RC_NORM_GROUP whole chunks side by side (independent add
  * chains; one chain is latency-bound), and the next group prefetched one group ahead (one
  * read stream alone is latency-bound at about 13 GB/s per core; prefetched, 19). */
+#if defined(__AVX__)
 enum { RC_NORM_GROUP = 4 };
+#else
+enum { RC_NORM_GROUP = 2 };             /* 16 SSE registers: 4 sums of 8 lanes would spill */
+#endif
 
-/* RC_NORM_LANES float32 and float64 values as one vector each (lane-wise IEEE operations,
- * so the lane sums keep the order of the spec). aligned(4): loads from any float. */
-typedef float NormFloats __attribute__((vector_size(4 * RC_NORM_LANES), aligned(4)));
-typedef double NormDoubles __attribute__((vector_size(8 * RC_NORM_LANES)));
+/* The target's float64 vector (RC_NORM_WIDTH lanes) and the float32 values it widens from.
+ * Lane-wise IEEE operations, so each lane sum keeps the order of the spec; GCC keeps wider
+ * generic vectors in memory. aligned(4): loads from any float. */
+#if defined(__AVX512F__)
+enum { RC_NORM_WIDTH = 8 };
+#elif defined(__AVX__)
+enum { RC_NORM_WIDTH = 4 };
+#else
+enum { RC_NORM_WIDTH = 2 };
+#endif
+typedef float NormFloats __attribute__((vector_size(4 * RC_NORM_WIDTH), aligned(4)));
+typedef double NormDoubles __attribute__((vector_size(8 * RC_NORM_WIDTH)));
+enum { RC_NORM_PARTS = RC_NORM_LANES / RC_NORM_WIDTH };     /* vectors per chunk's lanes */
 
 static inline NormDoubles widen(NormFloats values) {
-#if defined(__AVX512F__) && RC_NORM_LANES == 8
     /* GCC splits the generic conversion into halves and reinserts them (3x the shuffles). */
+#if defined(__AVX512F__)
     __m256 packed;
     __builtin_memcpy(&packed, &values, sizeof(packed));
     const __m512d wide = _mm512_cvtps_pd(packed);
+#elif defined(__AVX__)
+    __m128 packed;
+    __builtin_memcpy(&packed, &values, sizeof(packed));
+    const __m256d wide = _mm256_cvtps_pd(packed);
+#endif
+#if defined(__AVX__)
     NormDoubles result;
     __builtin_memcpy(&result, &wide, sizeof(result));
     return result;
@@ -180,22 +199,29 @@ static inline NormDoubles widen(NormFloats values) {
 template <int G>
 static inline void norm2_direct(const float *__restrict x, float grad_scale, bool prefetch,
                                 double *__restrict sums) {
-    NormDoubles lanes[G];
-    for (int c = 0; c < G; ++c) lanes[c] = NormDoubles{};
+    NormDoubles lanes[G][RC_NORM_PARTS];
+    for (int c = 0; c < G; ++c)
+        for (int part = 0; part < RC_NORM_PARTS; ++part) lanes[c][part] = NormDoubles{};
     for (ptrdiff_t i = 0; i < RC_NORM_CHUNK; i += RC_NORM_LANES) {
         if (prefetch && i % (64 / sizeof(float)) == 0)
             for (int c = 0; c < G; ++c)
                 __builtin_prefetch(x + (G + c) * RC_NORM_CHUNK + i, 0, 3);
-        for (int c = 0; c < G; ++c) {
-            NormFloats values;
-            __builtin_memcpy(&values, x + c * RC_NORM_CHUNK + i, sizeof(values));
-            const NormDoubles g = widen(values * grad_scale);
-            lanes[c] = lanes[c] + g * g;
-        }
+        /* Unrolled, so that the sums live in registers. */
+#pragma GCC unroll 8
+        for (int c = 0; c < G; ++c)
+#pragma GCC unroll 8
+            for (int part = 0; part < RC_NORM_PARTS; ++part) {
+                NormFloats values;
+                __builtin_memcpy(&values, x + c * RC_NORM_CHUNK + i + part * RC_NORM_WIDTH,
+                                 sizeof(values));
+                const NormDoubles g = widen(values * grad_scale);
+                lanes[c][part] = lanes[c][part] + g * g;
+            }
     }
     for (int c = 0; c < G; ++c) {
-        double sum = lanes[c][0];
-        for (int lane = 1; lane < RC_NORM_LANES; ++lane) sum = sum + lanes[c][lane];
+        double sum = lanes[c][0][0];
+        for (int lane = 1; lane < RC_NORM_LANES; ++lane)
+            sum = sum + lanes[c][lane / RC_NORM_WIDTH][lane % RC_NORM_WIDTH];
         sums[c] = sum;
     }
 }
