@@ -150,9 +150,9 @@ static inline typename SignBits<T>::type nonfinite_bits(T x) {
     return bits;
 }
 
-/* The direct norm path's shape: RC_NORM_GROUP whole chunks side by side (independent add
- * chains; one chain is latency-bound), and the next group prefetched one group ahead (one
- * read stream alone is latency-bound at about 13 GB/s per core; prefetched, 19). */
+/* The direct norm path's shape: RC_NORM_GROUP chunks side by side from as many streams far
+ * apart, each prefetching its next chunk (independent add chains; one read stream alone is
+ * latency-bound at about 13 GB/s per core, four prefetched ones reach 19). */
 #if defined(__AVX__)
 enum { RC_NORM_GROUP = 4 };
 #else
@@ -193,26 +193,26 @@ static inline NormDoubles widen(NormFloats values) {
 #endif
 }
 
-/* Chunk sums of G whole float32 chunks at x (consecutive), straight from the grad: lane k
- * of chunk c sums (double)(x * grad_scale)^2 over i = k mod lanes, in element order; then
- * lane 0 + lane 1 + ... in order. `prefetch`: the G chunks after these are read next. */
+/* Chunk sums of G whole float32 chunks, chunk c at x + c * stride, straight from the grad:
+ * lane k of a chunk sums (double)(x * grad_scale)^2 over i = k mod lanes, in element order;
+ * then lane 0 + lane 1 + ... in order. `prefetch`: each chunk's successor is read next. */
 template <int G>
-static inline void norm2_direct(const float *__restrict x, float grad_scale, bool prefetch,
-                                double *__restrict sums) {
+static inline void norm2_direct(const float *__restrict x, ptrdiff_t stride, float grad_scale,
+                                bool prefetch, double *__restrict sums, ptrdiff_t sums_stride) {
     NormDoubles lanes[G][RC_NORM_PARTS];
     for (int c = 0; c < G; ++c)
         for (int part = 0; part < RC_NORM_PARTS; ++part) lanes[c][part] = NormDoubles{};
     for (ptrdiff_t i = 0; i < RC_NORM_CHUNK; i += RC_NORM_LANES) {
         if (prefetch && i % (64 / sizeof(float)) == 0)
             for (int c = 0; c < G; ++c)
-                __builtin_prefetch(x + (G + c) * RC_NORM_CHUNK + i, 0, 3);
+                __builtin_prefetch(x + c * stride + RC_NORM_CHUNK + i, 0, 3);
         /* Unrolled, so that the sums live in registers. */
 #pragma GCC unroll 8
         for (int c = 0; c < G; ++c)
 #pragma GCC unroll 8
             for (int part = 0; part < RC_NORM_PARTS; ++part) {
                 NormFloats values;
-                __builtin_memcpy(&values, x + c * RC_NORM_CHUNK + i + part * RC_NORM_WIDTH,
+                __builtin_memcpy(&values, x + c * stride + i + part * RC_NORM_WIDTH,
                                  sizeof(values));
                 const NormDoubles g = widen(values * grad_scale);
                 lanes[c][part] = lanes[c][part] + g * g;
@@ -222,7 +222,7 @@ static inline void norm2_direct(const float *__restrict x, float grad_scale, boo
         double sum = lanes[c][0][0];
         for (int lane = 1; lane < RC_NORM_LANES; ++lane)
             sum = sum + lanes[c][lane / RC_NORM_WIDTH][lane % RC_NORM_WIDTH];
-        sums[c] = sum;
+        sums[c * sums_stride] = sum;
     }
 }
 
@@ -263,29 +263,33 @@ static int grad_read_pass(const rc_hyper *hyper, const void *grad_void, ptrdiff_
     double *partials = static_cast<double *>(out);
     alignas(64) T block[RC_NORM_CHUNK];
     Bits seen = 0;
+    const bool direct = sizeof(T) == 4 && mode == RC_READ_NORM2 && clip == T(__builtin_inf());
+    if constexpr (sizeof(T) == 4) {
+        /* float32 without a clamp, the common case, straight from the grad: a square of a
+         * float32 never overflows float64, so a chunk sum is finite exactly when every
+         * x * grad_scale is. The whole chunks are cut into RC_NORM_GROUP equal runs read
+         * side by side (four streams far apart keep more reads in flight than one). */
+        const ptrdiff_t whole = (stop_at < size / RC_NORM_CHUNK ? stop_at : size / RC_NORM_CHUNK)
+                                - first;
+        const ptrdiff_t run = direct && whole > 0 ? whole / RC_NORM_GROUP : 0;
+        for (ptrdiff_t j = 0; j < run; ++j) {
+            double *sums = partials + first + j;
+            norm2_direct<RC_NORM_GROUP>(grad + (first + j) * RC_NORM_CHUNK, run * RC_NORM_CHUNK,
+                                        grad_scale, j + 1 < run, sums, run);
+            for (int c = 0; c < RC_NORM_GROUP; ++c)
+                seen |= (Bits)!(sums[c * run] - sums[c * run] == 0.0);
+        }
+        first += run * RC_NORM_GROUP;
+    }
     for (ptrdiff_t chunk = first; chunk < stop_at; ++chunk) {
         const ptrdiff_t start = chunk * RC_NORM_CHUNK;
         const ptrdiff_t count = size - start < RC_NORM_CHUNK ? size - start : RC_NORM_CHUNK;
-        const bool direct = sizeof(T) == 4 && mode == RC_READ_NORM2
-                            && clip == T(__builtin_inf());
         if constexpr (sizeof(T) == 4) {
-        if (direct && chunk + RC_NORM_GROUP <= stop_at
-                && start + RC_NORM_GROUP * RC_NORM_CHUNK <= size) {
-            /* float32 without a clamp, the common case, straight from the grad: a square of
-             * a float32 never overflows float64, so a chunk sum is finite exactly when every
-             * x * grad_scale is. */
-            norm2_direct<RC_NORM_GROUP>(grad + start, grad_scale,
-                                        chunk + 2 * RC_NORM_GROUP <= stop_at, partials + chunk);
-            for (int c = 0; c < RC_NORM_GROUP; ++c)
-                seen |= (Bits)!(partials[chunk + c] - partials[chunk + c] == 0.0);
-            chunk += RC_NORM_GROUP - 1;
-            continue;
-        }
-        if (direct && count == RC_NORM_CHUNK) {
-            norm2_direct<1>(grad + start, grad_scale, false, partials + chunk);
-            seen |= (Bits)!(partials[chunk] - partials[chunk] == 0.0);
-            continue;
-        }
+            if (direct && count == RC_NORM_CHUNK) {
+                norm2_direct<1>(grad + start, 0, grad_scale, false, partials + chunk, 0);
+                seen |= (Bits)!(partials[chunk] - partials[chunk] == 0.0);
+                continue;
+            }
         }
         seen |= preprocess_chunk(grad + start, count, grad_scale, negative_clip, clip, block);
         if (mode == RC_READ_NORM_INF) {
