@@ -361,11 +361,10 @@ cdef class MultiTensorStep:
                         coefficient = threshold / (norm + 1e-6)
                         if not coefficient < 1.0:       # also NaN: the grads carry their NaN
                             coefficient = 1.0
-                        if coefficient != 1.0:
+                        if coefficient != 1.0:        # the kernels multiply by it
                             for k in range(self.plan.n):
                                 (<rc_hyper *>self.plan.hypers[k]).norm_coefficient = \
                                     coefficient
-                                (<rc_hyper *>self.plan.hypers[k]).preprocess = 1
                 if not (skip_nonfinite and nonfinite):
                     if measure or failed:
                         _plan_run(&self.plan, workers)

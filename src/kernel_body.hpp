@@ -12,6 +12,10 @@
  * The including file brings the system headers it needs (stddef, stdint, utility).
  */
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace RC_TARGET_NAMESPACE {
 
 template <typename T> struct SignBits;
@@ -68,10 +72,12 @@ __attribute__((noinline)) static void rmsprop_chunk(const rc_hyper *hyper, ptrdi
     const T bias_correction = (T)hyper->bias_correction;
     const bool nesterov = hyper->nesterov != 0;
     const typename SignBits<T>::type sign_mask = hyper->maximize ? SignBits<T>::mask : 0;
+    const T norm_coefficient = (T)hyper->norm_coefficient;
 
     for (ptrdiff_t i = 0; i < n; ++i) {
         T p = param[i];
-        T g = flip_sign(grad[i], sign_mask);   /* preprocessed already, when that is on */
+        /* Scaled and clamped already when that is on; the norm's factor last, as the spec. */
+        T g = flip_sign(grad[i] * norm_coefficient, sign_mask);
         if (WD == RC_WD_COUPLED) g = g + weight_decay * p;
         if (WD == RC_WD_DECOUPLED) p = p - lr_weight_decay * p;
 
@@ -144,7 +150,81 @@ static inline typename SignBits<T>::type nonfinite_bits(T x) {
     return bits;
 }
 
+/* The direct norm path's shape: RC_NORM_GROUP chunks side by side from as many streams far
+ * apart, each prefetching its next chunk (independent add chains; one read stream alone is
+ * latency-bound at about 13 GB/s per core, four prefetched ones reach 19). */
+#if defined(__AVX__)
 enum { RC_NORM_GROUP = 4 };
+#else
+enum { RC_NORM_GROUP = 2 };             /* 16 SSE registers: 4 sums of 8 lanes would spill */
+#endif
+
+/* The target's float64 vector (RC_NORM_WIDTH lanes) and the float32 values it widens from.
+ * Lane-wise IEEE operations, so each lane sum keeps the order of the spec; GCC keeps wider
+ * generic vectors in memory. aligned(4): loads from any float. */
+#if defined(__AVX512F__)
+enum { RC_NORM_WIDTH = 8 };
+#elif defined(__AVX__)
+enum { RC_NORM_WIDTH = 4 };
+#else
+enum { RC_NORM_WIDTH = 2 };
+#endif
+typedef float NormFloats __attribute__((vector_size(4 * RC_NORM_WIDTH), aligned(4)));
+typedef double NormDoubles __attribute__((vector_size(8 * RC_NORM_WIDTH)));
+enum { RC_NORM_PARTS = RC_NORM_LANES / RC_NORM_WIDTH };     /* vectors per chunk's lanes */
+
+static inline NormDoubles widen(NormFloats values) {
+    /* GCC splits the generic conversion into halves and reinserts them (3x the shuffles). */
+#if defined(__AVX512F__)
+    __m256 packed;
+    __builtin_memcpy(&packed, &values, sizeof(packed));
+    const __m512d wide = _mm512_cvtps_pd(packed);
+#elif defined(__AVX__)
+    __m128 packed;
+    __builtin_memcpy(&packed, &values, sizeof(packed));
+    const __m256d wide = _mm256_cvtps_pd(packed);
+#endif
+#if defined(__AVX__)
+    NormDoubles result;
+    __builtin_memcpy(&result, &wide, sizeof(result));
+    return result;
+#else
+    return __builtin_convertvector(values, NormDoubles);
+#endif
+}
+
+/* Chunk sums of G whole float32 chunks, chunk c at x + c * stride, straight from the grad:
+ * lane k of a chunk sums (double)(x * grad_scale)^2 over i = k mod lanes, in element order;
+ * then lane 0 + lane 1 + ... in order. `prefetch`: each chunk's successor is read next. */
+template <int G>
+static inline void norm2_direct(const float *__restrict x, ptrdiff_t stride, float grad_scale,
+                                bool prefetch, double *__restrict sums, ptrdiff_t sums_stride) {
+    NormDoubles lanes[G][RC_NORM_PARTS];
+    for (int c = 0; c < G; ++c)
+        for (int part = 0; part < RC_NORM_PARTS; ++part) lanes[c][part] = NormDoubles{};
+    for (ptrdiff_t i = 0; i < RC_NORM_CHUNK; i += RC_NORM_LANES) {
+        if (prefetch && i % (64 / sizeof(float)) == 0)
+            for (int c = 0; c < G; ++c)
+                __builtin_prefetch(x + c * stride + RC_NORM_CHUNK + i, 0, 3);
+        /* Unrolled, so that the sums live in registers. */
+#pragma GCC unroll 8
+        for (int c = 0; c < G; ++c)
+#pragma GCC unroll 8
+            for (int part = 0; part < RC_NORM_PARTS; ++part) {
+                NormFloats values;
+                __builtin_memcpy(&values, x + c * stride + i + part * RC_NORM_WIDTH,
+                                 sizeof(values));
+                const NormDoubles g = widen(values * grad_scale);
+                lanes[c][part] = lanes[c][part] + g * g;
+            }
+    }
+    for (int c = 0; c < G; ++c) {
+        double sum = lanes[c][0][0];
+        for (int lane = 1; lane < RC_NORM_LANES; ++lane)
+            sum = sum + lanes[c][lane / RC_NORM_WIDTH][lane % RC_NORM_WIDTH];
+        sums[c * sums_stride] = sum;
+    }
+}
 
 /* One norm chunk, preprocessed into `out` (n <= RC_NORM_CHUNK elements, zero-padded to a
  * whole chunk: adding +0 changes no lane sum or maximum). Returns the OR of the non-finite
@@ -174,57 +254,42 @@ static int grad_read_pass(const rc_hyper *hyper, const void *grad_void, ptrdiff_
     const T clip = (T)hyper->clip_value;
     const T negative_clip = -clip;
     if (mode == RC_READ_PREPROCESS) {
-        const T coefficient = (T)hyper->norm_coefficient;
+        /* The step kernel applies the norm's factor: the block holds scaled, clamped grads. */
         T *__restrict result = static_cast<T *>(out);
         for (ptrdiff_t i = first; i < stop_at; ++i)
-            result[i - first] = preprocess(grad[i], grad_scale, negative_clip, clip, coefficient);
+            result[i - first] = preprocess(grad[i], grad_scale, negative_clip, clip, T(1));
         return 0;
     }
     double *partials = static_cast<double *>(out);
     alignas(64) T block[RC_NORM_CHUNK];
     Bits seen = 0;
+    const bool direct = sizeof(T) == 4 && mode == RC_READ_NORM2 && clip == T(__builtin_inf());
+    if constexpr (sizeof(T) == 4) {
+        /* float32 without a clamp, the common case, straight from the grad: a square of a
+         * float32 never overflows float64, so a chunk sum is finite exactly when every
+         * x * grad_scale is. The whole chunks are cut into RC_NORM_GROUP equal runs read
+         * side by side (four streams far apart keep more reads in flight than one). */
+        const ptrdiff_t whole = (stop_at < size / RC_NORM_CHUNK ? stop_at : size / RC_NORM_CHUNK)
+                                - first;
+        const ptrdiff_t run = direct && whole > 0 ? whole / RC_NORM_GROUP : 0;
+        for (ptrdiff_t j = 0; j < run; ++j) {
+            double *sums = partials + first + j;
+            norm2_direct<RC_NORM_GROUP>(grad + (first + j) * RC_NORM_CHUNK, run * RC_NORM_CHUNK,
+                                        grad_scale, j + 1 < run, sums, run);
+            for (int c = 0; c < RC_NORM_GROUP; ++c)
+                seen |= (Bits)!(sums[c * run] - sums[c * run] == 0.0);
+        }
+        first += run * RC_NORM_GROUP;
+    }
     for (ptrdiff_t chunk = first; chunk < stop_at; ++chunk) {
         const ptrdiff_t start = chunk * RC_NORM_CHUNK;
         const ptrdiff_t count = size - start < RC_NORM_CHUNK ? size - start : RC_NORM_CHUNK;
-        const bool direct = sizeof(T) == 4 && mode == RC_READ_NORM2
-                            && clip == T(__builtin_inf());
-        if (direct && chunk + RC_NORM_GROUP <= stop_at
-                && start + RC_NORM_GROUP * RC_NORM_CHUNK <= size) {
-            /* RC_NORM_GROUP whole chunks side by side: the same per-chunk sums, in the same
-             * order, with independent add chains to overlap (one chain is latency-bound). */
-            double lanes[RC_NORM_GROUP][RC_NORM_LANES] = {};
-            const T *__restrict x = grad + start;
-            for (ptrdiff_t i = 0; i < RC_NORM_CHUNK; i += RC_NORM_LANES)
-                for (int c = 0; c < RC_NORM_GROUP; ++c)
-                    for (int lane = 0; lane < RC_NORM_LANES; ++lane) {
-                        const double g = (double)(x[c * RC_NORM_CHUNK + i + lane] * grad_scale);
-                        lanes[c][lane] = lanes[c][lane] + g * g;
-                    }
-            for (int c = 0; c < RC_NORM_GROUP; ++c) {
-                double sum = lanes[c][0];
-                for (int lane = 1; lane < RC_NORM_LANES; ++lane) sum = sum + lanes[c][lane];
-                partials[chunk + c] = sum;
-                seen |= (Bits)!(sum - sum == 0.0);
+        if constexpr (sizeof(T) == 4) {
+            if (direct && count == RC_NORM_CHUNK) {
+                norm2_direct<1>(grad + start, 0, grad_scale, false, partials + chunk, 0);
+                seen |= (Bits)!(partials[chunk] - partials[chunk] == 0.0);
+                continue;
             }
-            chunk += RC_NORM_GROUP - 1;
-            continue;
-        }
-        if (direct && count == RC_NORM_CHUNK) {
-            /* float32 without a clamp, the common case, straight from the grad: a square of
-             * a float32 never overflows float64, so the chunk sum is finite exactly when
-             * every x * grad_scale is. Same lanes, same order, same bits. */
-            double lanes[RC_NORM_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
-            const T *__restrict x = grad + start;
-            for (ptrdiff_t i = 0; i < RC_NORM_CHUNK; i += RC_NORM_LANES)
-                for (int lane = 0; lane < RC_NORM_LANES; ++lane) {
-                    const double g = (double)(x[i + lane] * grad_scale);
-                    lanes[lane] = lanes[lane] + g * g;
-                }
-            double sum = lanes[0];
-            for (int lane = 1; lane < RC_NORM_LANES; ++lane) sum = sum + lanes[lane];
-            partials[chunk] = sum;
-            seen |= (Bits)!(sum - sum == 0.0);
-            continue;
         }
         seen |= preprocess_chunk(grad + start, count, grad_scale, negative_clip, clip, block);
         if (mode == RC_READ_NORM_INF) {

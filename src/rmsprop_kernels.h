@@ -38,14 +38,15 @@ typedef struct {
     double momentum;
     double bias_correction;     /* 1 - alpha**t, or 1 when bias correction is off */
     /* Gradient preprocessing, first, in this order: g * grad_scale, clamp to +-clip_value,
-     * * norm_coefficient. The chunk kernels read grads already preprocessed: the driver
-     * runs the read pass (RC_READ_PREPROCESS) into an L1 block first when `preprocess` is
-     * set. Off, the three are 1, +inf and 1, no-ops on every value the update computes
-     * with (x * 1 == x, NaN payloads included; the clamp to +-inf keeps x). */
+     * * norm_coefficient. The chunk kernels multiply every grad by norm_coefficient (1 when
+     * off: x * 1 == x); the scale and the clamp come from the driver, which runs the read
+     * pass (RC_READ_PREPROCESS) into an L1 block first when `preprocess` is set. Off, they
+     * are 1 and +inf, no-ops on every value the update computes with (x * 1 == x, NaN
+     * payloads included; the clamp to +-inf keeps x). */
     double grad_scale;
     double clip_value;          /* +inf when off */
     double norm_coefficient;    /* min(1, max_grad_norm / (norm + 1e-6)), or 1 */
-    int preprocess;             /* any of the three is not a no-op (read by the driver) */
+    int preprocess;             /* grad_scale or clip_value is not a no-op (read by the driver) */
     int maximize;
     int nesterov;
 } rc_hyper;
@@ -139,8 +140,8 @@ rc_kernel_fn rc_get_traffic_kernel(int simd, int dtype, int traffic_variant);
  *   x_i = (double)clamp((T)grad_i * (T)grad_scale, +-(T)clip_value), the step's own grad.
  *   Returns 1 when any grad_i * grad_scale is NaN or +-Inf. Callers add the partials in
  *   chunk order, so no result depends on the threads.
- * RC_READ_PREPROCESS: writes the preprocessed grads of elements [first, stop) to (T *)out
- *   (scale, clamp, * norm_coefficient): the step runs its kernel on them, block by block.
+ * RC_READ_PREPROCESS: writes the scaled, clamped grads of elements [first, stop) to (T *)out:
+ *   the step runs its kernel (which applies norm_coefficient) on them, block by block.
  * (It keeps the accessor name of the non-finite check it replaced: dispatch.cpp routes it.) */
 #define RC_NORM_CHUNK 1024
 #define RC_NORM_LANES 8

@@ -95,7 +95,7 @@ def test_global_grad_norm_equals_the_reference_for_every_thread_count(
     _kernels.set_simd_target(simd)
     rng = np.random.default_rng(5)
     grads = [make_grad(rng, size, dtype) for size in NORM_SIZES]
-    for options in (dict(), dict(grad_scale=0.3, clip_value=0.5)):
+    for options in (dict(), dict(grad_scale=0.3), dict(grad_scale=0.3, clip_value=0.5)):
         expected = reference.global_grad_norm(grads, norm_type, **options)
         for n_threads in (1, 2, 3):
             got = rc.global_grad_norm(grads, norm_type, n_threads=n_threads, **options)
@@ -127,6 +127,52 @@ def test_global_grad_norm_of_nonfinite_grads(norm_type):
     assert math.isnan(rc.global_grad_norm([grad], norm_type, n_threads=2))
     assert math.isnan(reference.global_grad_norm([grad], norm_type))
     assert rc.global_grad_norm([], norm_type) == 0.0
+
+
+@pytest.mark.parametrize("simd", SIMD_TARGETS)
+def test_nonfinite_is_seen_wherever_it_lies(simd, restore_simd):
+    # 13 chunks and a tail: whole groups of chunks, single chunks and the tail each read it.
+    _kernels.set_simd_target(simd)
+    size = 13 * 1024 + 5
+    for position in (3 * 1024 + 100, 9 * 1024 + 7, 12 * 1024 + 1023, size - 1):
+        for value in (np.inf, np.nan, 1e38):
+            grad = np.ones(size, np.float32)
+            grad[position] = value
+            scale = 10.0 if value == 1e38 else 1.0      # 1e39 overflows float32
+            expected = reference.global_grad_norm([grad], grad_scale=scale)
+            for n_threads in (1, 2, 3):
+                got = rc.global_grad_norm([grad], grad_scale=scale, n_threads=n_threads)
+                assert same_float(got, expected), (position, value, n_threads)
+            opt = rc.RMSprop([np.zeros(size, np.float32)], lr=0.1, grad_scale=scale,
+                             skip_nonfinite=True)
+            assert opt.step([grad]) is False, (position, value)
+
+
+@pytest.mark.parametrize("simd", SIMD_TARGETS)
+@pytest.mark.parametrize("base", BASES, ids=lambda b: ",".join(b) or "plain")
+def test_clip_by_norm_composes_with_every_kernel_family(simd, base, restore_simd):
+    # No grad_scale nor clip_value: the kernels apply the coefficient themselves. Steps with
+    # NaN (coefficient 1) and inf (norm inf, coefficient 0) grads included.
+    _kernels.set_simd_target(simd)
+    rng = np.random.default_rng(9)
+    sizes = [9000, 5]
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    fast = [rc.RMSprop([p.copy() for p in params], lr=0.01, max_grad_norm=1.0, n_threads=n,
+                       **base) for n in (1, 2)]
+    slow = SlowRMSprop([p.copy() for p in params], lr=0.01, max_grad_norm=1.0, **base)
+    for step in range(4):
+        grads = [make_grad(rng, n, np.float32) * 4 for n in sizes]
+        if step == 1:
+            grads[0][[3, 5000]] = [np.nan, -2.0]
+        if step == 2:
+            grads[0][7000] = -np.inf
+        for opt in fast + [slow]:
+            opt.step(grads)
+        for opt in fast:
+            assert same_float(opt.last_grad_norm, slow.last_grad_norm), step
+            for got, want in zip(opt.params + [s[k] for s in opt.state for k in sorted(s)],
+                                 slow.params + [s[k] for s in slow.state for k in sorted(s)]):
+                assert got.tobytes() == want.tobytes(), (step, opt.n_threads)
 
 
 # ---------------------------------------------------------------------------------------
