@@ -353,39 +353,57 @@ static inline rc_fvec f_pick(rc_vec mask, rc_fvec if_true, rc_fvec if_false) {
     return f_from(v_or(v_and(f_bits(if_true), mask), v_andnot(mask, f_bits(if_false))));
 }
 
-/* RC_LANES elements at the pointers; `low` holds their element indices' low 32 bits. */
-template <bool BIAS, bool MOM, int PD, int GD, int SD, int CD, bool STOCHASTIC>
+/* K * RC_LANES elements at the pointers; `low` holds the first lanes' element indices' low
+ * 32 bits. The K vectors go stage by stage side by side: their divisions and square roots
+ * overlap instead of each vector waiting on its own chain. */
+template <int K, bool BIAS, bool MOM, int PD, int GD, int SD, int CD, bool STOCHASTIC>
 static inline __attribute__((always_inline)) void fused_lanes(
         const FusedScalars &c, rc_vec low, typename Lane<PD>::type *param,
         const typename Lane<GD>::type *grad, typename Lane<SD>::type *square_avg,
         typename Lane<SD>::type *momentum_buffer, uint16_t *copy) {
-    rc_fvec p = Lane<PD>::load(param);
-    rc_fvec g = f_from(v_xor(f_bits(Lane<GD>::load(grad)), c.sign));
-    const rc_fvec g_coupled = f_add(g, f_mul(c.weight_decay, p));
-    const rc_fvec p_decoupled = f_sub(p, f_mul(c.lr_weight_decay, p));
-    g = f_pick(c.coupled, g_coupled, g);
-    p = f_pick(c.decoupled, p_decoupled, p);
-
-    const rc_fvec v = f_add(f_mul(c.alpha, Lane<SD>::load(square_avg)),
-                            f_mul(c.one_minus_alpha, f_mul(g, g)));
-    Store<SD, STOCHASTIC>::put(square_avg, v, low, c.key_square);
-    const rc_fvec var = BIAS ? f_div(v, c.bias_correction) : v;
-    const rc_fvec den = f_add(f_sqrt(f_add(var, c.eps_inside)), c.eps_outside);
-    const rc_fvec u = f_zero_where_zero(den, f_div(g, den));
-
-    if (MOM) {
-        const rc_fvec step_in = f_pick(c.inside, f_mul(c.lr, u), u);
-        const rc_fvec b = f_add(f_mul(c.momentum, Lane<SD>::load(momentum_buffer)), step_in);
-        Store<SD, STOCHASTIC>::put(momentum_buffer, b, low, c.key_momentum);
-        const rc_fvec direction = f_pick(c.nesterov, f_add(f_mul(c.momentum, b), step_in), b);
-        p = f_sub(p, f_pick(c.inside, direction, f_mul(c.lr, direction)));
-    } else {
-        p = f_sub(p, f_mul(c.lr, u));
+    rc_fvec p[K], g[K], v[K], u[K], b[K], step_in[K];
+    rc_vec at[K];
+    for (int k = 0; k < K; ++k) {
+        const int o = k * RC_LANES;
+        at[k] = v_add(low, v_set((uint32_t)o));
+        p[k] = Lane<PD>::load(param + o);
+        g[k] = f_from(v_xor(f_bits(Lane<GD>::load(grad + o)), c.sign));
+        const rc_fvec g_coupled = f_add(g[k], f_mul(c.weight_decay, p[k]));
+        const rc_fvec p_decoupled = f_sub(p[k], f_mul(c.lr_weight_decay, p[k]));
+        g[k] = f_pick(c.coupled, g_coupled, g[k]);
+        p[k] = f_pick(c.decoupled, p_decoupled, p[k]);
+        v[k] = f_add(f_mul(c.alpha, Lane<SD>::load(square_avg + o)),
+                     f_mul(c.one_minus_alpha, f_mul(g[k], g[k])));
     }
-    Store<PD, STOCHASTIC>::put(param, p, low, c.key_param);
-    if (CD == RC_BFLOAT16) Store<RC_BFLOAT16, false>::put(copy, p, low, low);
-    if (CD == RC_FLOAT16) v_store16(copy, v_round_float16(f_bits(p)));
+    for (int k = 0; k < K; ++k) {
+        const rc_fvec var = BIAS ? f_div(v[k], c.bias_correction) : v[k];
+        const rc_fvec den = f_add(f_sqrt(f_add(var, c.eps_inside)), c.eps_outside);
+        u[k] = f_zero_where_zero(den, f_div(g[k], den));
+    }
+    for (int k = 0; k < K; ++k)
+        Store<SD, STOCHASTIC>::put(square_avg + k * RC_LANES, v[k], at[k], c.key_square);
+    for (int k = 0; k < K; ++k) {
+        if (MOM) {
+            step_in[k] = f_pick(c.inside, f_mul(c.lr, u[k]), u[k]);
+            b[k] = f_add(f_mul(c.momentum, Lane<SD>::load(momentum_buffer + k * RC_LANES)),
+                         step_in[k]);
+            const rc_fvec direction = f_pick(c.nesterov, f_add(f_mul(c.momentum, b[k]),
+                                                               step_in[k]), b[k]);
+            p[k] = f_sub(p[k], f_pick(c.inside, direction, f_mul(c.lr, direction)));
+        } else {
+            p[k] = f_sub(p[k], f_mul(c.lr, u[k]));
+        }
+    }
+    for (int k = 0; k < K; ++k) {
+        const int o = k * RC_LANES;
+        if (MOM) Store<SD, STOCHASTIC>::put(momentum_buffer + o, b[k], at[k], c.key_momentum);
+        Store<PD, STOCHASTIC>::put(param + o, p[k], at[k], c.key_param);
+        if (CD == RC_BFLOAT16) Store<RC_BFLOAT16, false>::put(copy + o, p[k], at[k], at[k]);
+        if (CD == RC_FLOAT16) v_store16(copy + o, v_round_float16(f_bits(p[k])));
+    }
 }
+
+enum { RC_FUSED_WAYS = 2 };      /* vectors in flight per iteration of the main loop */
 
 static inline rc_vec v_mask(bool condition) { return v_set(condition ? 0xFFFFFFFFu : 0u); }
 
@@ -425,8 +443,12 @@ static void fused_chunk(const rc_hyper *hyper, int wd_mode, int mom_mode, ptrdif
     c.key_square = v_set(keys[1]);
     c.key_momentum = v_set(keys[2]);
     ptrdiff_t i = 0;
+    for (; i + RC_FUSED_WAYS * RC_LANES <= n; i += RC_FUSED_WAYS * RC_LANES)
+        fused_lanes<RC_FUSED_WAYS, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
+            c, v_index(low_base + (uint32_t)i), param + i, grad + i, square_avg + i,
+            MOM ? momentum_buffer + i : nullptr, CD != RC_NO_COPY ? copy + i : nullptr);
     for (; i + RC_LANES <= n; i += RC_LANES)
-        fused_lanes<BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
+        fused_lanes<1, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
             c, v_index(low_base + (uint32_t)i), param + i, grad + i, square_avg + i,
             MOM ? momentum_buffer + i : nullptr, CD != RC_NO_COPY ? copy + i : nullptr);
     const ptrdiff_t rest = n - i;
@@ -439,7 +461,7 @@ static void fused_chunk(const rc_hyper *hyper, int wd_mode, int mom_mode, ptrdif
     __builtin_memcpy(g_tail, grad + i, rest * sizeof(G));
     __builtin_memcpy(v_tail, square_avg + i, rest * sizeof(S));
     if (MOM) __builtin_memcpy(b_tail, momentum_buffer + i, rest * sizeof(S));
-    fused_lanes<BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
+    fused_lanes<1, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
         c, v_index(low_base + (uint32_t)i), p_tail, g_tail, v_tail, b_tail, c_tail);
     __builtin_memcpy(param + i, p_tail, rest * sizeof(P));
     __builtin_memcpy(square_avg + i, v_tail, rest * sizeof(S));
