@@ -292,8 +292,8 @@ static inline void store_low(int dtype, const float *value, ptrdiff_t n, uint16_
  * rounds on store, so no block goes through scratch. Written with the lane helpers above:
  * GCC's vectoriser picks half-width vectors for the mixed 16/32-bit loop (no AVX512BW) and
  * spills. Weight decay mode, momentum placement and nesterov are loop-invariant selects
- * (both sides computed, one kept: exact), so one loop serves nine variants; bias correction
- * and momentum stay template parameters (a division, a buffer). Centered, amsgrad,
+ * (both sides computed, one kept: exact); whether there is weight decay at all, bias
+ * correction and momentum stay template parameters (work, a division, a buffer). Centered, amsgrad,
  * preprocessed grads, the baseline target and the other dtype mixes take the block runner
  * below. */
 enum { RC_NO_COPY = -1 };
@@ -356,7 +356,8 @@ static inline rc_fvec f_pick(rc_vec mask, rc_fvec if_true, rc_fvec if_false) {
 /* K * RC_LANES elements at the pointers; `low` holds the first lanes' element indices' low
  * 32 bits. The K vectors go stage by stage side by side: their divisions and square roots
  * overlap instead of each vector waiting on its own chain. */
-template <int K, bool BIAS, bool MOM, int PD, int GD, int SD, int CD, bool STOCHASTIC>
+template <int K, bool DECAY, bool BIAS, bool MOM, int PD, int GD, int SD, int CD,
+          bool STOCHASTIC>
 static inline __attribute__((always_inline)) void fused_lanes(
         const FusedScalars &c, rc_vec low, typename Lane<PD>::type *param,
         const typename Lane<GD>::type *grad, typename Lane<SD>::type *square_avg,
@@ -368,10 +369,12 @@ static inline __attribute__((always_inline)) void fused_lanes(
         at[k] = v_add(low, v_set((uint32_t)o));
         p[k] = Lane<PD>::load(param + o);
         g[k] = f_from(v_xor(f_bits(Lane<GD>::load(grad + o)), c.sign));
-        const rc_fvec g_coupled = f_add(g[k], f_mul(c.weight_decay, p[k]));
-        const rc_fvec p_decoupled = f_sub(p[k], f_mul(c.lr_weight_decay, p[k]));
-        g[k] = f_pick(c.coupled, g_coupled, g[k]);
-        p[k] = f_pick(c.decoupled, p_decoupled, p[k]);
+        if (DECAY) {
+            const rc_fvec g_coupled = f_add(g[k], f_mul(c.weight_decay, p[k]));
+            const rc_fvec p_decoupled = f_sub(p[k], f_mul(c.lr_weight_decay, p[k]));
+            g[k] = f_pick(c.coupled, g_coupled, g[k]);
+            p[k] = f_pick(c.decoupled, p_decoupled, p[k]);
+        }
         v[k] = f_add(f_mul(c.alpha, Lane<SD>::load(square_avg + o)),
                      f_mul(c.one_minus_alpha, f_mul(g[k], g[k])));
     }
@@ -410,8 +413,9 @@ static inline rc_vec v_mask(bool condition) { return v_set(condition ? 0xFFFFFFF
 /* Elements [0, n) of pointers already offset to the segment; `low_base` is the low 32 bits
  * of element 0's index in the tensor and no element's low bits wrap (the caller splits at
  * 2**32), so keys[] (param, square_avg, momentum_buffer) are the segment's keys. The last
- * n % RC_LANES elements go through zero-padded lane buffers: same lanes, same bits. */
-template <bool BIAS, bool MOM, int PD, int GD, int SD, int CD, bool STOCHASTIC>
+ * n % (RC_FUSED_WAYS * RC_LANES) elements go through zero-padded buffers: same lanes, same
+ * bits. */
+template <bool DECAY, bool BIAS, bool MOM, int PD, int GD, int SD, int CD, bool STOCHASTIC>
 static void fused_chunk(const rc_hyper *hyper, int wd_mode, int mom_mode, ptrdiff_t n,
                         uint32_t low_base, const uint32_t *keys, void *param_void,
                         const void *grad_void, void *square_void, void *momentum_void,
@@ -444,24 +448,21 @@ static void fused_chunk(const rc_hyper *hyper, int wd_mode, int mom_mode, ptrdif
     c.key_momentum = v_set(keys[2]);
     ptrdiff_t i = 0;
     for (; i + RC_FUSED_WAYS * RC_LANES <= n; i += RC_FUSED_WAYS * RC_LANES)
-        fused_lanes<RC_FUSED_WAYS, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
-            c, v_index(low_base + (uint32_t)i), param + i, grad + i, square_avg + i,
-            MOM ? momentum_buffer + i : nullptr, CD != RC_NO_COPY ? copy + i : nullptr);
-    for (; i + RC_LANES <= n; i += RC_LANES)
-        fused_lanes<1, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
+        fused_lanes<RC_FUSED_WAYS, DECAY, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
             c, v_index(low_base + (uint32_t)i), param + i, grad + i, square_avg + i,
             MOM ? momentum_buffer + i : nullptr, CD != RC_NO_COPY ? copy + i : nullptr);
     const ptrdiff_t rest = n - i;
     if (rest == 0) return;
-    P p_tail[RC_LANES] = {};
-    G g_tail[RC_LANES] = {};
-    S v_tail[RC_LANES] = {}, b_tail[RC_LANES] = {};
-    uint16_t c_tail[RC_LANES];
+    enum { TAIL = RC_FUSED_WAYS * RC_LANES };
+    P p_tail[TAIL] = {};
+    G g_tail[TAIL] = {};
+    S v_tail[TAIL] = {}, b_tail[TAIL] = {};
+    uint16_t c_tail[TAIL];
     __builtin_memcpy(p_tail, param + i, rest * sizeof(P));
     __builtin_memcpy(g_tail, grad + i, rest * sizeof(G));
     __builtin_memcpy(v_tail, square_avg + i, rest * sizeof(S));
     if (MOM) __builtin_memcpy(b_tail, momentum_buffer + i, rest * sizeof(S));
-    fused_lanes<1, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
+    fused_lanes<RC_FUSED_WAYS, DECAY, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
         c, v_index(low_base + (uint32_t)i), p_tail, g_tail, v_tail, b_tail, c_tail);
     __builtin_memcpy(param + i, p_tail, rest * sizeof(P));
     __builtin_memcpy(square_avg + i, v_tail, rest * sizeof(S));
@@ -482,12 +483,18 @@ typedef void (*rc_fused_fn)(const rc_hyper *, int, int, ptrdiff_t, uint32_t, con
     X(RC_FLOAT32, RC_FLOAT32, RC_FLOAT32, RC_BFLOAT16, false)             \
     X(RC_FLOAT32, RC_FLOAT32, RC_FLOAT32, RC_FLOAT16, false)
 
+template <bool BIAS, bool MOM, int PD, int GD, int SD, int CD, bool STOCHASTIC>
+static inline rc_fused_fn fused_pick_decay(bool decay) {
+    return decay ? &fused_chunk<true, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>
+                 : &fused_chunk<false, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>;
+}
+
 template <int PD, int GD, int SD, int CD, bool STOCHASTIC>
-static inline rc_fused_fn fused_pick(bool bias, bool mom) {
-    if (bias) return mom ? &fused_chunk<true, true, PD, GD, SD, CD, STOCHASTIC>
-                         : &fused_chunk<true, false, PD, GD, SD, CD, STOCHASTIC>;
-    return mom ? &fused_chunk<false, true, PD, GD, SD, CD, STOCHASTIC>
-               : &fused_chunk<false, false, PD, GD, SD, CD, STOCHASTIC>;
+static inline rc_fused_fn fused_pick(bool decay, bool bias, bool mom) {
+    if (bias) return mom ? fused_pick_decay<true, true, PD, GD, SD, CD, STOCHASTIC>(decay)
+                         : fused_pick_decay<true, false, PD, GD, SD, CD, STOCHASTIC>(decay);
+    return mom ? fused_pick_decay<false, true, PD, GD, SD, CD, STOCHASTIC>(decay)
+               : fused_pick_decay<false, false, PD, GD, SD, CD, STOCHASTIC>(decay);
 }
 #endif
 
@@ -505,14 +512,14 @@ static rc_fused_fn fused_for(rc_kernel_fn kernel, const rc_hyper *hyper, const r
     if (centered || amsgrad) return nullptr;
     *wd_mode = variant % 3;
     *mom_mode = variant / 24;
-    const bool mom = *mom_mode != RC_MOM_NONE;
+    const bool mom = *mom_mode != RC_MOM_NONE, decay = *wd_mode != RC_WD_NONE;
     const int copy = lowp->param_copy != nullptr ? lowp->copy_dtype : RC_NO_COPY;
     const bool stochastic = lowp->stochastic != 0;
 #define RC_FUSED_ROW(PD, GD, SD, CD, HAS_STOCHASTIC)                                        \
     if (lowp->param_dtype == PD && lowp->grad_dtype == GD && lowp->state_dtype == SD       \
             && copy == CD) {                                                               \
-        if (HAS_STOCHASTIC && stochastic) return fused_pick<PD, GD, SD, CD, true>(bias, mom); \
-        return fused_pick<PD, GD, SD, CD, false>(bias, mom);                               \
+        if (HAS_STOCHASTIC && stochastic) return fused_pick<PD, GD, SD, CD, true>(decay, bias, mom); \
+        return fused_pick<PD, GD, SD, CD, false>(decay, bias, mom);                        \
     }
     RC_FUSED_FAMILIES(RC_FUSED_ROW)
 #undef RC_FUSED_ROW
