@@ -518,7 +518,8 @@ static rc_fused_fn fused_for(rc_kernel_fn kernel, const rc_hyper *hyper, const r
 #define RC_FUSED_ROW(PD, GD, SD, CD, HAS_STOCHASTIC)                                        \
     if (lowp->param_dtype == PD && lowp->grad_dtype == GD && lowp->state_dtype == SD       \
             && copy == CD) {                                                               \
-        if (HAS_STOCHASTIC && stochastic) return fused_pick<PD, GD, SD, CD, true>(decay, bias, mom); \
+        if (HAS_STOCHASTIC && stochastic)                                                  \
+            return fused_pick<PD, GD, SD, CD, true>(decay, bias, mom);                     \
         return fused_pick<PD, GD, SD, CD, false>(decay, bias, mom);                        \
     }
     RC_FUSED_FAMILIES(RC_FUSED_ROW)
