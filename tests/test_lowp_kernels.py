@@ -218,6 +218,33 @@ def test_every_simd_target(simd, restore_simd):
             check(family, options, 1031, rounding, seed, (1, 2), rng_seed=3)
 
 
+# The families with a one-pass loop (src/lowp_body.hpp); the rest take widened blocks.
+FUSED_FAMILIES = [(BF16, BF16, BF16, None), (BF16, F32, BF16, None), (F32, F32, BF16, None),
+                  (F32, F32, F32, BF16), (F32, F32, F32, F16)]
+
+
+def fused_option_sets():
+    """Every weight decay mode, momentum placement, nesterov and bias correction, without
+    the options that send a tensor to the block runner (centered, amsgrad, grad_scale)."""
+    decays = [{}, dict(weight_decay=0.05), dict(weight_decay=0.05, decoupled_weight_decay=True)]
+    momenta = [{}] + [dict(momentum=0.9, lr_in_momentum=inside, nesterov=nesterov)
+                      for inside in (False, True) for nesterov in (False, True)]
+    for index, (decay, momentum, bias) in enumerate(
+            itertools.product(decays, momenta, (False, True))):
+        yield dict(lr=0.01, alpha=0.9, eps=1e-8, bias_correction=bias, maximize=index % 3 == 1,
+                   eps_in_sqrt=index % 4 == 2, **decay, **momentum)
+
+
+@pytest.mark.parametrize("simd", _kernels.simd_targets_supported())
+@pytest.mark.parametrize("family", FUSED_FAMILIES, ids=family_id)
+def test_fused_families_in_every_variant(family, simd, restore_simd):
+    _kernels.set_simd_target(simd)
+    for index, options in enumerate(fused_option_sets()):
+        rounding, seed = KEY_GRID[index % len(KEY_GRID)]
+        size = (37, 1000, 4099)[index % 3]       # a partial vector alone, and after whole ones
+        check(family, options, size, rounding, seed, (1, 3), rng_seed=index)
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=family_id)
 def test_nonfinite_and_overflowing_values_match_the_spec(family):
     rng = np.random.default_rng(11)
