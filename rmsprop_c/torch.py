@@ -494,7 +494,10 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             self._build()
         grads = list(map(_grad_of, self._params))
         groups = self._engine_groups()
-        addresses = self._addresses_of(grads)
+        refs = self._grad_refs
+        # The same grad tensors as last step: their cached views beat reading addresses.
+        same = refs is not None and all(map(is_, grads, refs))
+        addresses = None if same else self._addresses_of(grads)
         try:
             if addresses is not None:
                 complete = True
