@@ -136,6 +136,7 @@ cdef inline Py_ssize_t _plan_first(const Plan *plan, Py_ssize_t begin) noexcept 
 # lines (NumPy puts large arrays 16 bytes past a boundary: 1.15-1.3x slower out of cache).
 cdef Py_ssize_t SEGMENT_ELEMENTS = 8192
 cdef Py_ssize_t SMALL_TENSOR_ELEMENTS = 2048
+cdef Py_ssize_t PREFETCH_TENSORS = 8    # tensors ahead whose first lines are requested
 
 
 cdef inline Py_ssize_t _head_elements(const Plan *plan, Py_ssize_t k,
@@ -212,6 +213,20 @@ cdef void _run_segments(const Plan *plan, Py_ssize_t k, Py_ssize_t low,
         start = stop
 
 
+cdef inline void _prefetch_buffers(const rc_buffers *buffers) noexcept nogil:
+    """The first line of each of a tensor's buffers, a few tensors ahead: small tensors
+    scattered over the heap (torch's allocator) cost a page walk each, which this starts."""
+    rc_prefetch(buffers.param)
+    rc_prefetch(buffers.grad)
+    rc_prefetch(buffers.square_avg)
+    if buffers.momentum_buffer != NULL:
+        rc_prefetch(buffers.momentum_buffer)
+    if buffers.grad_avg != NULL:
+        rc_prefetch(buffers.grad_avg)
+    if buffers.max_square_avg != NULL:
+        rc_prefetch(buffers.max_square_avg)
+
+
 cdef void _plan_run_range(const Plan *plan, Py_ssize_t begin, Py_ssize_t end) noexcept nogil:
     """The segments that start in global elements [begin, end)."""
     cdef Py_ssize_t k, stop
@@ -220,6 +235,8 @@ cdef void _plan_run_range(const Plan *plan, Py_ssize_t begin, Py_ssize_t end) no
     k = _plan_first(plan, begin)
     while begin < end and k < plan.n:
         stop = plan.offsets[k + 1] if plan.offsets[k + 1] < end else end
+        if k + PREFETCH_TENSORS < plan.n and plan.offsets[k + PREFETCH_TENSORS] < end:
+            _prefetch_buffers(plan.buffers[k + PREFETCH_TENSORS])
         if stop > begin:
             _run_segments(plan, k, begin - plan.offsets[k], stop - plan.offsets[k])
             begin = stop
