@@ -312,7 +312,8 @@ extension = Extension(
     include_dirs=["src", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     language="c++",
-    depends=["src/kernel_body.hpp", "src/lowp_body.hpp", "src/rmsprop_kernels.h", "src/simd_targets.h"],
+    depends=["src/kernel_body.hpp", "src/lowp_body.hpp", "src/lowp_fused.hpp",
+             "src/rmsprop_kernels.h", "src/simd_targets.h"],
 )
 
 setup(

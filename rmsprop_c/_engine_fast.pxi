@@ -178,6 +178,10 @@ cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
         return failed
     mode = rc_fp_mode()
     self.region_failed = 0
+    team = 1                            # private in the region; set so none is read unset
+    worker = 0
+    previous = 0
+    failed = 0
     with parallel(num_threads=workers):
         team = omp_get_num_threads()        # OpenMP may grant fewer threads than asked
         worker = threadid()

@@ -218,7 +218,7 @@ def test_every_simd_target(simd, restore_simd):
             check(family, options, 1031, rounding, seed, (1, 2), rng_seed=3)
 
 
-# The families with a one-pass loop (src/lowp_body.hpp); the rest take widened blocks.
+# The families with a one-pass loop (src/lowp_fused.hpp); the rest take widened blocks.
 FUSED_FAMILIES = [(BF16, BF16, BF16, None), (BF16, F32, BF16, None), (F32, F32, BF16, None),
                   (F32, F32, F32, BF16), (F32, F32, F32, F16)]
 
