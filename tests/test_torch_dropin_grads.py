@@ -42,13 +42,18 @@ def test_fresh_and_persistent_grads_give_the_same_bits():
     assert a == b
 
 
+def fresh_grads(model, optimizer, step):
+    """New grads of one batch, as a training loop's zero_grad + backward makes them."""
+    optimizer.zero_grad()
+    inputs, targets = batch(step)
+    torch.nn.functional.mse_loss(model(inputs), targets).backward()
+
+
 def test_fresh_grads_are_read_by_address():
     model = make_model()
     optimizer = RMSprop(model.parameters(), lr=1e-2)
     train(model, optimizer, 2, True)
-    optimizer.zero_grad()
-    inputs, targets = batch(5)
-    torch.nn.functional.mse_loss(model(inputs), targets).backward()
+    fresh_grads(model, optimizer, 5)
     grads = [p.grad for p in model.parameters()]
     table = optimizer._addresses_of(grads)
     assert table is not None
@@ -66,9 +71,7 @@ def test_a_non_contiguous_fresh_grad_steps_as_its_contiguous_copy():
     for model, make in ((odd, non_contiguous), (plain, torch.clone)):
         optimizer = RMSprop(model.parameters(), lr=1e-2)
         train(model, optimizer, 2, True)           # past the first step: grads by address
-        optimizer.zero_grad()
-        inputs, targets = batch(3)
-        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        fresh_grads(model, optimizer, 3)
         first = next(model.parameters())
         first.grad = make(first.grad)
         assert first.grad.is_contiguous() == (make is torch.clone)
@@ -81,9 +84,7 @@ def test_a_grad_resized_in_place_is_refused_and_nothing_is_written():
     model = make_model()
     optimizer = RMSprop(model.parameters(), lr=1e-2)
     train(model, optimizer, 1, True)
-    optimizer.zero_grad()
-    inputs, targets = batch(1)
-    torch.nn.functional.mse_loss(model(inputs), targets).backward()
+    fresh_grads(model, optimizer, 1)
     last = list(model.parameters())[-1]
     last.grad.resize_(last.numel() * 4)
     before = [p.detach().clone() for p in model.parameters()]
