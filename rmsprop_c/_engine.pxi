@@ -43,6 +43,13 @@ cdef class MultiTensorStep:
     cdef Py_ssize_t n_writable
     cdef uintptr_t *grad_disjoint       # per tensor, a grad range already proven disjoint
     cdef rc_kernel_fn *group_kernels    # per group and dtype, this step's kernel
+    cdef int *group_variant             # the variant group_kernels were chosen for
+    cdef int plan_simd                  # ... and the SIMD target
+    cdef Py_ssize_t *group_first        # each group's first tensor
+    cdef bint plan_reusable             # the plan holds every tensor and only group scalars
+    cdef Py_ssize_t region_inactive     # tensors with a None grad in this step's region
+    cdef Py_ssize_t check_cursor        # the region's next tensor to check
+    cdef Py_ssize_t run_cursor          # ... and its next element to step
     # The plan of the current step (active tensors only).
     cdef Py_ssize_t *plan_offsets
     cdef Py_ssize_t *plan_tensors       # the tensor index of each plan entry
@@ -90,6 +97,9 @@ cdef class MultiTensorStep:
         self.writable_ranges = NULL
         self.grad_disjoint = NULL
         self.group_kernels = NULL
+        self.group_variant = NULL
+        self.group_first = NULL
+        self.plan_reusable = False
         self.plan_offsets = NULL
         self.plan_tensors = NULL
         self.tensor_active = NULL
@@ -121,6 +131,8 @@ cdef class MultiTensorStep:
         free(self.writable_ranges)
         free(self.grad_disjoint)
         free(self.group_kernels)
+        free(self.group_variant)
+        free(self.group_first)
         free(self.plan_offsets)
         free(self.plan_tensors)
         free(self.tensor_active)
@@ -186,6 +198,7 @@ cdef class MultiTensorStep:
         checked = [_check_step(s, f"steps[{g}]", 0) for g, s in enumerate(steps)]
         for i in range(self.n_tensors):
             self.tensor_steps[i] = checked[self.tensor_group[i]]
+        self.plan_reusable = False          # bias correction may need per-tensor scalars
 
     def get_tensor_steps(self):
         """Step count of each tensor."""
@@ -198,6 +211,7 @@ cdef class MultiTensorStep:
         checked = [_check_step(s, f"steps[{i}]", 0) for i, s in enumerate(steps)]
         for i in range(self.n_tensors):
             self.tensor_steps[i] = checked[i]
+        self.plan_reusable = False
 
     def threading(self):
         """This optimizer's threading decision and the step times behind it."""

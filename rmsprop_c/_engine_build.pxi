@@ -34,6 +34,8 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
     self.grad_disjoint = <uintptr_t *>calloc(2 * m, sizeof(uintptr_t))
     self.param_objects = <PyObject **>calloc(m, sizeof(PyObject *))
     self.group_kernels = <rc_kernel_fn *>calloc(2 * n_groups, sizeof(rc_kernel_fn))
+    self.group_variant = <int *>calloc(n_groups, sizeof(int))
+    self.group_first = <Py_ssize_t *>calloc(n_groups, sizeof(Py_ssize_t))
     self.plan_offsets = <Py_ssize_t *>calloc(m + 1, sizeof(Py_ssize_t))
     self.plan_tensors = <Py_ssize_t *>calloc(m, sizeof(Py_ssize_t))
     self.tensor_active = <unsigned char *>calloc(m, sizeof(unsigned char))
@@ -56,6 +58,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
             or self.plan_tensors == NULL or self.tensor_watches == NULL
             or self.tensor_active == NULL or self.grad_descr == NULL
             or self.grad_disjoint == NULL or self.group_kernels == NULL
+            or self.group_variant == NULL or self.group_first == NULL
             or self.param_objects == NULL
             or self.plan_kernels == NULL or self.plan_checks == NULL
             or self.plan_itemsizes == NULL
@@ -123,6 +126,10 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
             raise ValueError(f"state[{i}] lacks 'square_avg'")
         self.group_states[g] &= present
         self.tensor_watches[i + 1] = self.n_watches
+    for g in range(n_groups):
+        self.group_first[g] = -1
+    for i in range(n - 1, -1, -1):
+        self.group_first[self.tensor_group[i]] = i
     cdef Py_ssize_t n_chunks = 0
     for i in range(n):
         n_chunks += _chunks_of(cnp.PyArray_SIZE(<cnp.ndarray>self.params[i]))

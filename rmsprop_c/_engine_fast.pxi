@@ -5,13 +5,6 @@
 # these checks sends the step to the full checks under the GIL (_engine_checks.pxi): they
 # raise the error that names it, or accept it (a dtype equal to the param's but another object).
 
-cdef extern from *:
-    """
-    static inline void rc_atomic_add(Py_ssize_t *target, Py_ssize_t value) {
-        __atomic_fetch_add(target, value, __ATOMIC_RELAXED);
-    }
-    """
-    void rc_atomic_add(Py_ssize_t *target, Py_ssize_t value) noexcept nogil
 
 cdef PyObject *_NONE = <PyObject *>None
 
@@ -70,11 +63,12 @@ cdef inline void _prefetch_tensor(MultiTensorStep self, PyObject *grads, Py_ssiz
 
 cdef Py_ssize_t _engine_check_range(MultiTensorStep self, PyObject *grads,
                                     const uintptr_t *addresses, Py_ssize_t low,
-                                    Py_ssize_t high) noexcept nogil:
-    """Tensors [low, high): how many fail the C checks. Records each grad's pointer. Grads
-    are arrays in the tuple `grads`, or, when that is NULL, memory at `addresses` (0: None)
-    that the caller vouches for: the param's dtype and size, contiguous, alive."""
-    cdef Py_ssize_t i, w, failed = 0
+                                    Py_ssize_t high, Py_ssize_t *inactive) noexcept nogil:
+    """Tensors [low, high): how many fail the C checks (and, added to `inactive`, how many
+    have a None grad). Records each grad's pointer. Grads are arrays in the tuple `grads`,
+    or, when that is NULL, memory at `addresses` (0: None) that the caller vouches for: the
+    param's dtype and size, contiguous, alive."""
+    cdef Py_ssize_t i, w, failed = 0, idle = 0
     cdef PyObject *grad
     cdef uintptr_t address
     cdef bint good, active
@@ -101,10 +95,31 @@ cdef Py_ssize_t _engine_check_range(MultiTensorStep self, PyObject *grads,
             active = address != 0
             good = good and (not active or _grad_disjoint(self, i, address))
         self.tensor_active[i] = active
+        idle += not active
         good = good and (not active or self.tensor_steps[i] < _MAX_STEP)
         self.buffers[i].grad = <const void *>address if good else NULL
         failed += not good
+    inactive[0] += idle
     return failed
+
+
+cdef bint _engine_plan_refresh(MultiTensorStep self) noexcept nogil:
+    """Reuse the last plan when it still fits: it held every tensor, every tensor has a grad
+    again (so every step count moved together) and each group keeps its kernel. Only the
+    groups' scalars are derived again. False: lay the plan out anew."""
+    cdef Py_ssize_t g, first
+    cdef const Options *options = self.group_options
+    if not self.plan_reusable or self.plan_simd != _simd:
+        return False
+    for g in range(self.n_groups):
+        if _variant(&options[g]) != self.group_variant[g]:
+            return False
+    for g in range(self.n_groups):
+        first = self.group_first[g]
+        if first >= 0:
+            _fill_hyper(&options[g], self.tensor_steps[first] + 1, &self.group_hyper[g])
+            self.group_ref_step[g] = self.tensor_steps[first]
+    return True
 
 
 cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
@@ -115,9 +130,12 @@ cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
     cdef int dtype, variant
     cdef const Options *options = self.group_options
     cdef rc_nonfinite_fn checks[2]
+    cdef bint reusable = True
+    self.plan_simd = _simd
     for g in range(self.n_groups):
         self.group_ref_step[g] = -1
         variant = _variant(&options[g])
+        self.group_variant[g] = variant
         self.group_kernels[2 * g] = rc_get_kernel(_simd, RC_FLOAT32, variant)
         self.group_kernels[2 * g + 1] = rc_get_kernel(_simd, RC_FLOAT64, variant)
     checks[0] = rc_get_nonfinite_check(_simd, RC_FLOAT32)
@@ -126,6 +144,7 @@ cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
     self.plan_chunk_offsets[0] = 0
     for i in range(self.n_tensors):
         if not self.tensor_active[i]:
+            reusable = False
             continue
         g = self.tensor_group[i]
         if self.group_ref_step[g] < 0:
@@ -136,6 +155,7 @@ cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
                 and self.tensor_steps[i] != self.group_ref_step[g]):
             _fill_hyper(&options[g], self.tensor_steps[i] + 1, &self.tensor_hyper[i])
             self.plan_hypers[n_active] = &self.tensor_hyper[i]
+            reusable = False
         else:
             self.plan_hypers[n_active] = &self.group_hyper[g]
         dtype = self.tensor_dtype[i]
@@ -145,6 +165,7 @@ cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
         self.plan_itemsizes[n_active] = 8 if dtype == RC_FLOAT64 else 4
         self.plan_buffers[n_active] = &self.buffers[i]
         _engine_lowp_plan(self, i, n_active)        # low precision: _engine_lowp.pxi
+        reusable = reusable and not self.tensor_lowp[i].stochastic   # keys change each step
         self.plan_tensors[n_active] = i
         self.plan_offsets[n_active + 1] = self.plan_offsets[n_active] + size
         self.plan_chunk_offsets[n_active + 1] = (self.plan_chunk_offsets[n_active]
@@ -159,6 +180,7 @@ cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
     self.plan.hypers = self.plan_hypers
     self.plan.buffers = self.plan_buffers
     self.plan.chunk_offsets = self.plan_chunk_offsets
+    self.plan_reusable = reusable
 
 
 cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
@@ -166,36 +188,51 @@ cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
                                     bint run) noexcept nogil:
     """Check every tensor, lay out the plan and (with `run`) run it, in one region of
     `workers` threads. Returns how many tensors failed the checks (then nothing ran)."""
-    cdef Py_ssize_t n = self.n_tensors, failed
+    cdef Py_ssize_t n = self.n_tensors, failed, idle, first, check_block
     cdef int team, worker
     cdef unsigned int mode, previous
+    self.region_inactive = 0
     if workers <= 1:
-        failed = _engine_check_range(self, grads, addresses, 0, n)
+        failed = _engine_check_range(self, grads, addresses, 0, n, &self.region_inactive)
         if failed == 0:
-            _engine_lay_out(self)
+            if not (self.region_inactive == 0 and _engine_plan_refresh(self)):
+                _engine_lay_out(self)
             if run:
                 _plan_run_range(&self.plan, 0, self.plan.total)
         return failed
     mode = rc_fp_mode()
     self.region_failed = 0
+    self.check_cursor = 0
+    self.run_cursor = 0
+    check_block = max(CHECK_BLOCK_TENSORS, n // (workers * SHARED_BLOCKS_PER_WORKER) + 1)
     team = 1                            # private in the region; set so none is read unset
     worker = 0
+    first = 0
     previous = 0
     failed = 0
+    idle = 0
     with parallel(num_threads=workers):
         team = omp_get_num_threads()        # OpenMP may grant fewer threads than asked
         worker = threadid()
         previous = rc_fp_mode_enter(mode)
-        failed = _engine_check_range(self, grads, addresses, n * worker // team,
-                                     n * (worker + 1) // team)
+        idle = 0
+        failed = 0
+        while True:                     # blocks of tensors from a shared cursor
+            first = rc_atomic_take(&self.check_cursor, check_block)
+            if first >= n:
+                break
+            failed = failed + _engine_check_range(self, grads, addresses, first,
+                                                  min(first + check_block, n), &idle)
         if failed != 0:
             rc_atomic_add(&self.region_failed, failed)
+        if idle != 0:
+            rc_atomic_add(&self.region_inactive, idle)
         rc_omp_barrier()
-        if worker == 0 and self.region_failed == 0:
+        if worker == 0 and self.region_failed == 0 and not (
+                self.region_inactive == 0 and _engine_plan_refresh(self)):
             _engine_lay_out(self)
         rc_omp_barrier()
         if run and self.region_failed == 0:
-            _plan_run_range(&self.plan, _split_point(self.plan.total, worker, team),
-                            _split_point(self.plan.total, worker + 1, team))
+            _plan_run_shared(&self.plan, &self.run_cursor, _shared_block(self.plan.total, team))
         rc_fp_mode_leave(previous)
     return self.region_failed

@@ -201,6 +201,7 @@ cdef int _engine_rows_lay_out(MultiTensorStep self, _RowSteps steps, int workers
     cdef RowTensor *entry
     cdef const Options *options
     _engine_lay_out(self)
+    self.plan_reusable = False          # row tensors step outside the plan
     if steps.scratch_row_bytes > 0:
         steps.scratch = <char *>malloc(workers * steps.scratch_row_bytes + 64)
         if steps.scratch == NULL:

@@ -7,6 +7,26 @@ cdef Py_ssize_t SPLIT_ALIGNMENT = 64
 # microsecond of work, less than any fork/join measured.
 cdef Py_ssize_t MIN_WORKER_ELEMENTS = 2048
 
+# Workers take their share of a step in blocks from a shared cursor, about this many blocks
+# each: a worker slowed down (by another process, a BLAS thread still spinning, a slower
+# core) leaves its blocks to the others instead of holding up the step. Every element still
+# goes through the same kernel segment, so the bits do not depend on who ran it.
+cdef Py_ssize_t SHARED_BLOCKS_PER_WORKER = 16
+cdef Py_ssize_t MIN_SHARED_BLOCK = 16384         # elements: a few microseconds of work
+cdef Py_ssize_t CHECK_BLOCK_TENSORS = 64
+
+cdef extern from *:
+    """
+    static inline void rc_atomic_add(Py_ssize_t *target, Py_ssize_t value) {
+        __atomic_fetch_add(target, value, __ATOMIC_RELAXED);
+    }
+    static inline Py_ssize_t rc_atomic_take(Py_ssize_t *cursor, Py_ssize_t amount) {
+        return __atomic_fetch_add(cursor, amount, __ATOMIC_RELAXED);
+    }
+    """
+    void rc_atomic_add(Py_ssize_t *target, Py_ssize_t value) noexcept nogil
+    Py_ssize_t rc_atomic_take(Py_ssize_t *cursor, Py_ssize_t amount) noexcept nogil
+
 cdef int _cpu_count = 1
 
 def _init_threads():
@@ -243,6 +263,26 @@ cdef void _plan_run_range(const Plan *plan, Py_ssize_t begin, Py_ssize_t end) no
         k += 1
 
 
+cdef inline Py_ssize_t _shared_block(Py_ssize_t total, Py_ssize_t n_workers) noexcept nogil:
+    """Elements per block of a shared cursor, a multiple of SPLIT_ALIGNMENT."""
+    cdef Py_ssize_t block = total // (n_workers * SHARED_BLOCKS_PER_WORKER) + 1
+    if block < MIN_SHARED_BLOCK:
+        block = MIN_SHARED_BLOCK
+    return block + (-block) % SPLIT_ALIGNMENT
+
+
+cdef void _plan_run_shared(const Plan *plan, Py_ssize_t *cursor,
+                           Py_ssize_t block) noexcept nogil:
+    """Blocks of `block` elements taken from the shared `cursor` until none is left."""
+    cdef Py_ssize_t begin
+    while True:
+        begin = rc_atomic_take(cursor, block)
+        if begin >= plan.total:
+            return
+        _plan_run_range(plan, begin, begin + block if begin + block < plan.total
+                        else plan.total)
+
+
 cdef inline Py_ssize_t _chunks_of(Py_ssize_t size) noexcept nogil:
     return (size + RC_NORM_CHUNK - 1) // RC_NORM_CHUNK
 
@@ -324,11 +364,13 @@ cdef void _plan_run(const Plan *plan, int n_workers) noexcept nogil:
     if n_workers <= 1:
         _plan_run_range(plan, 0, plan.total)
         return
+    cdef Py_ssize_t cursor = 0
+    cdef Py_ssize_t *shared = &cursor
+    cdef Py_ssize_t block = _shared_block(plan.total, n_workers)
     mode = rc_fp_mode()
     for worker in prange(n_workers, schedule="static", num_threads=n_workers):
         previous = rc_fp_mode_enter(mode)
-        _plan_run_range(plan, _split_point(plan.total, worker, n_workers),
-                        _split_point(plan.total, worker + 1, n_workers))
+        _plan_run_shared(plan, shared, block)
         rc_fp_mode_leave(previous)
 
 
