@@ -27,6 +27,7 @@ except ImportError as error:          # torch is an optional dependency
 from rmsprop_c import _kernels
 from rmsprop_c._low_precision import BFLOAT16
 from rmsprop_c._rowgrad import RowGrad
+from rmsprop_c._torch_hooks import profile_hook_step
 from rmsprop_c._torch_rows import row_grad
 from rmsprop_c._options import GROUP_KEYS, MAX_STEP, check_option, state_layout
 from rmsprop_c.flavors import FOLLOW_EPS, HYPERPARAMETERS, get_flavor
@@ -206,6 +207,9 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
     # -------------------------------------------------------------------------------
     # Groups and the engine's life cycle
 
+    # torch's step wrapper (hooks, a profiler range) only when a hook or a profiler is on
+    profile_hook_step = staticmethod(profile_hook_step)
+
     def add_param_group(self, param_group):
         """Add a param group (torch's semantics); its options and params are checked first.
 
@@ -327,7 +331,7 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         for index, param in enumerate(params):
             self.state[param]["step"] = counts[index]
         self._engine = engine
-        self._step_counts = counts
+        self._step_counts = counts.numpy()   # NumPy adds 1 in about a tenth of torch's time
         self._params = params
         self._param_ptrs = list(map(_data_ptr, params))
         self._numels = list(map(_numel, params))
@@ -526,11 +530,11 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
     def _count_step(self, grads, complete):
         """Advance ``state["step"]`` of the tensors that had a gradient."""
         if complete:
-            self._step_counts.add_(1)
+            np.add(self._step_counts, 1, out=self._step_counts)
             return
         stepped = [index for index, grad in enumerate(grads) if grad is not None]
         if stepped:
-            self._step_counts[torch.tensor(stepped)] += 1
+            self._step_counts[stepped] += 1
 
     def _explain_grads(self, grads):
         """Re-raise an engine error about grads in torch's terms, when it is about them."""

@@ -277,6 +277,41 @@ def test_step_hooks_and_closure():
     assert not torch.equal(before, ours.out.weight)
 
 
+def test_global_step_hooks_run_and_can_change_the_arguments():
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    ours, _, inputs, targets = make_pair(torch.float64)
+    optimizer = RMSprop(ours.parameters())
+    calls = []
+
+    def pre(opt, args, kwargs):
+        calls.append(("pre", opt is optimizer))
+        return args, {"closure": lambda: calls.append("closure")}
+
+    handles = [register_optimizer_step_pre_hook(pre),
+               register_optimizer_step_post_hook(lambda opt, args, kwargs: calls.append("post"))]
+    try:
+        backward(ours, inputs, targets, 0)
+        optimizer.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == [("pre", True), "closure", "post"]
+    calls.clear()
+    optimizer.step()                    # the hooks are gone: the bare step
+    assert calls == []
+
+
+def test_the_profiler_sees_the_step_under_torchs_name():
+    ours, _, inputs, targets = make_pair(torch.float64)
+    optimizer = RMSprop(ours.parameters())
+    backward(ours, inputs, targets, 0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        optimizer.step()
+    names = {event.name for event in profile.events()}
+    assert "Optimizer.step#RMSprop.step" in names
+
+
 def test_autograd_sees_the_in_place_update():
     """A graph that saved a param before the step refuses to backpropagate, as with torch."""
     ours, _, inputs, targets = make_pair(torch.float64)
