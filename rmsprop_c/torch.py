@@ -450,15 +450,18 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             return None
         return np.array(addresses, dtype=np.uintp)
 
-    def _grad_views_cached(self, grads):
-        """Views of ``grads``, reusing last step's when every grad is the same tensor object.
+    def _grad_views_cached(self, grads, same=None):
+        """Views of ``grads``, reusing last step's when every grad is the same tensor object
+        (``same``: already known).
 
         Grads that persist between steps (``zero_grad(set_to_none=False)``) hit every step.
         A loop that makes new grads each step misses; there the views are not kept, so the
         optimizer holds no gradient memory while the next backward allocates new grads.
         """
-        refs = self._grad_refs
-        if refs is not None and all(map(is_, grads, refs)):
+        if same is None:
+            refs = self._grad_refs
+            same = refs is not None and all(map(is_, grads, refs))
+        if same:
             self._keep_grad_views = True
             return self._grad_views
         views, complete = self._views_of(grads, self._params)
@@ -508,7 +511,7 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
                 applied = self._engine.step_addresses(addresses, groups, self.n_threads,
                                                       self.skip_nonfinite)
             else:
-                views = self._grad_views_cached(grads)
+                views = self._grad_views_cached(grads, same)
                 complete = self._grads_complete
                 applied = self._engine.step(views, groups, self.n_threads,
                                             self.skip_nonfinite)
