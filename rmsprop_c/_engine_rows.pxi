@@ -41,6 +41,7 @@ cdef struct RowTensor:
     char *summed                        # the summed rows, when a norm is measured
     Py_ssize_t n_chunks                 # norm chunks of the gradient the tensor applies
     double *partials
+    Py_ssize_t cursor                   # the step's next listing to take (shared by workers)
 
 
 cdef bint _engine_has_rows(MultiTensorStep self, tuple grads) noexcept:
@@ -305,12 +306,16 @@ cdef int _engine_rows_norm(MultiTensorStep self, _RowSteps steps, int workers, i
 
 
 cdef void _engine_rows_run(MultiTensorStep self, _RowSteps steps, int workers) noexcept nogil:
-    """One region: each worker runs its share of the dense plan, then of every row tensor's
-    units (those whose listings start in its share of the listings)."""
-    cdef Py_ssize_t worker, k, n, total = self.plan.total
+    """One region: workers take blocks of the dense plan's elements, then of each row
+    tensor's listings, from shared cursors."""
+    cdef Py_ssize_t worker, k, total = self.plan.total, cursor = 0
+    cdef Py_ssize_t *shared = &cursor
+    cdef Py_ssize_t block = _shared_block(total, workers)
     cdef unsigned int fp_mode, previous
     cdef RowTensor *entry
     cdef char *scratch
+    for k in range(steps.n):
+        steps.tensors[k].cursor = 0
     if workers <= 1:
         _plan_run_range(&self.plan, 0, total)
         for k in range(steps.n):
@@ -320,14 +325,12 @@ cdef void _engine_rows_run(MultiTensorStep self, _RowSteps steps, int workers) n
     fp_mode = rc_fp_mode()
     for worker in prange(workers, schedule="static", num_threads=workers):
         previous = rc_fp_mode_enter(fp_mode)
-        _plan_run_range(&self.plan, _split_point(total, worker, workers),
-                        _split_point(total, worker + 1, workers))
+        _plan_run_shared(&self.plan, shared, block)
         for k in range(steps.n):
             entry = &steps.tensors[k]
-            n = entry.groups.n
             scratch = entry.work.scratch + worker * steps.scratch_row_bytes
-            _run_units(&entry.work, _first_unit_from(&entry.groups, n * worker // workers),
-                       _first_unit_from(&entry.groups, n * (worker + 1) // workers), scratch)
+            _run_units_shared(&entry.work, &entry.cursor, _row_block(entry.groups.n, workers),
+                              scratch)
         rc_fp_mode_leave(previous)
 
 

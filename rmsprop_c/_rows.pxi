@@ -38,6 +38,7 @@ cdef extern from *:
 # Units ahead whose rows are prefetched, and how much of a row (the hardware streams on).
 cdef Py_ssize_t PREFETCH_UNITS = 8
 cdef Py_ssize_t PREFETCH_BYTES = 512
+cdef Py_ssize_t MIN_ROW_BLOCK = 64             # listings: a few microseconds of rows
 
 
 cdef enum:
@@ -164,9 +165,30 @@ cdef void _run_units(const RowWork *work, Py_ssize_t first, Py_ssize_t stop,
         _row_kernel(work, &buffers)
 
 
+cdef void _run_units_shared(const RowWork *work, Py_ssize_t *cursor, Py_ssize_t block,
+                            char *scratch) noexcept nogil:
+    """Blocks of `block` listings from the shared `cursor`: each block's units are those whose
+    listings start in it, so every unit runs once, whole, whichever worker takes it."""
+    cdef Py_ssize_t first, n = work.groups.n
+    while True:
+        first = rc_atomic_take(cursor, block)
+        if first >= n:
+            return
+        _run_units(work, _first_unit_from(work.groups, first),
+                   _first_unit_from(work.groups, first + block if first + block < n else n),
+                   scratch)
+
+
+cdef inline Py_ssize_t _row_block(Py_ssize_t listings, Py_ssize_t n_workers) noexcept nogil:
+    """Listings per block of a shared cursor (as for dense elements, about 16 per worker)."""
+    return max(listings // (n_workers * SHARED_BLOCKS_PER_WORKER) + 1, MIN_ROW_BLOCK)
+
+
 cdef void _run_rows(const RowWork *work, int n_workers) noexcept nogil:
-    """One parallel region; worker w takes the units whose occurrences start in its share."""
-    cdef Py_ssize_t worker, first, stop, n = work.groups.n
+    """One parallel region; workers take blocks of the listings from a shared cursor."""
+    cdef Py_ssize_t worker, cursor = 0
+    cdef Py_ssize_t *shared = &cursor
+    cdef Py_ssize_t block = _row_block(work.groups.n, n_workers)
     cdef unsigned int mode, previous
     if n_workers <= 1:
         _run_units(work, 0, work.groups.n_units, work.scratch)
@@ -174,9 +196,7 @@ cdef void _run_rows(const RowWork *work, int n_workers) noexcept nogil:
     mode = rc_fp_mode()
     for worker in prange(n_workers, schedule="static", num_threads=n_workers):
         previous = rc_fp_mode_enter(mode)
-        first = _first_unit_from(work.groups, n * worker // n_workers)
-        stop = _first_unit_from(work.groups, n * (worker + 1) // n_workers)
-        _run_units(work, first, stop, work.scratch + worker * work.row_bytes)
+        _run_units_shared(work, shared, block, work.scratch + worker * work.row_bytes)
         rc_fp_mode_leave(previous)
 
 

@@ -331,15 +331,23 @@ cdef int _plan_norm(const Plan *plan, int n_workers, int inf_norm, double *parti
     cdef bint nan_seen = False
     if n_workers > total:
         n_workers = <int>total if total > 0 else 1
+    cdef Py_ssize_t cursor = 0, first
+    cdef Py_ssize_t *shared = &cursor
+    # Blocks of chunks from a shared cursor, as the kernels take blocks of elements.
+    cdef Py_ssize_t block = max(total // (n_workers * SHARED_BLOCKS_PER_WORKER) + 1,
+                                MIN_SHARED_BLOCK // RC_NORM_CHUNK)
     if n_workers <= 1:
         nonfinite = _plan_norm_range(plan, 0, total, inf_norm, partials)
     else:
         mode = rc_fp_mode()
         for worker in prange(n_workers, schedule="static", num_threads=n_workers):
             previous = rc_fp_mode_enter(mode)
-            nonfinite += _plan_norm_range(plan, total * worker // n_workers,
-                                          total * (worker + 1) // n_workers, inf_norm,
-                                          partials)
+            while True:
+                first = rc_atomic_take(shared, block)
+                if first >= total:
+                    break
+                nonfinite += _plan_norm_range(plan, first, min(first + block, total),
+                                              inf_norm, partials)
             rc_fp_mode_leave(previous)
     for chunk in range(total):
         partial = partials[chunk]
