@@ -12,7 +12,6 @@ cdef Py_ssize_t MIN_WORKER_ELEMENTS = 2048
 # core) leaves its blocks to the others instead of holding up the step. Every element still
 # goes through the same kernel segment, so the bits do not depend on who ran it.
 cdef Py_ssize_t SHARED_BLOCKS_PER_WORKER = 16
-cdef Py_ssize_t MIN_SHARED_BLOCK = 16384         # elements: a few microseconds of work
 cdef Py_ssize_t CHECK_BLOCK_TENSORS = 64
 
 cdef extern from *:
@@ -266,8 +265,8 @@ cdef void _plan_run_range(const Plan *plan, Py_ssize_t begin, Py_ssize_t end) no
 cdef inline Py_ssize_t _shared_block(Py_ssize_t total, Py_ssize_t n_workers) noexcept nogil:
     """Elements per block of a shared cursor, a multiple of SPLIT_ALIGNMENT."""
     cdef Py_ssize_t block = total // (n_workers * SHARED_BLOCKS_PER_WORKER) + 1
-    if block < MIN_SHARED_BLOCK:
-        block = MIN_SHARED_BLOCK
+    if block < MIN_WORKER_ELEMENTS:
+        block = MIN_WORKER_ELEMENTS
     return block + (-block) % SPLIT_ALIGNMENT
 
 
@@ -335,7 +334,7 @@ cdef int _plan_norm(const Plan *plan, int n_workers, int inf_norm, double *parti
     cdef Py_ssize_t *shared = &cursor
     # Blocks of chunks from a shared cursor, as the kernels take blocks of elements.
     cdef Py_ssize_t block = max(total // (n_workers * SHARED_BLOCKS_PER_WORKER) + 1,
-                                MIN_SHARED_BLOCK // RC_NORM_CHUNK)
+                                MIN_WORKER_ELEMENTS // RC_NORM_CHUNK)
     if n_workers <= 1:
         nonfinite = _plan_norm_range(plan, 0, total, inf_norm, partials)
     else:
