@@ -98,6 +98,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
         if not isinstance(states[i], dict):
             raise TypeError(f"states[{i}] must be a dict of arrays")
         present = 0
+        first_state = [None]
         for key, value in (<dict>states[i]).items():
             name = f"state[{i}]['{key}']"
             if key == "param_copy":               # low precision: _engine_lowp.pxi
@@ -108,7 +109,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
                 continue
             if key not in STATE_KEYS:
                 raise ValueError(f"unknown state buffer {name}")
-            state_array = _engine_state_array(self, value, name, array, i)
+            state_array = _engine_state_array(self, value, name, array, i, first_state)
             k = STATE_KEYS.index(key)
             present |= 1 << k
             if k == 0:

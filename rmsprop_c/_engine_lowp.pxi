@@ -11,35 +11,21 @@ cdef cnp.ndarray _engine_param_array(object value, Py_ssize_t i):
 
 
 cdef cnp.ndarray _engine_state_array(MultiTensorStep self, object value, str name,
-                                     cnp.ndarray param, Py_ssize_t i):
+                                     cnp.ndarray param, Py_ssize_t i, list first_state):
     """A state buffer: the param's dtype, or float32/bfloat16/float16 for params of those
-    dtypes (every state buffer of a tensor alike)."""
-    cdef int param_code = _any_dtype_code(param)
-    cdef cnp.ndarray array
-    if param_code == RC_FLOAT64:
-        array = _check_array(value, name, True)
-        _check_like(array, param, name, f"params[{i}]")
-        return array
-    array = _check_lowp_array(value, name, True, _lowp_state_rule(param_code),
-                              f" for params[{i}] of dtype {param.dtype}")
-    _check_shape(array, param, name, f"params[{i}]")
-    cdef rc_lowp *lowp = &self.tensor_lowp[i]
-    if lowp.state_dtype >= 0 and lowp.state_dtype != _any_dtype_code(array):
-        raise TypeError(f"{name} has dtype {array.dtype}, but another state buffer of "
-                        f"params[{i}] has dtype {_DTYPE_NAMES[lowp.state_dtype]}")
-    lowp.state_dtype = _any_dtype_code(array)
+    dtypes (every state buffer of a tensor alike), as rmsprop_step checks it."""
+    cdef int state_code = self.tensor_lowp[i].state_dtype
+    cdef cnp.ndarray array = _check_state_buffer(value, name, param, f"params[{i}]", True,
+                                                 &state_code, first_state)
+    self.tensor_lowp[i].state_dtype = state_code
     return array
 
 
 cdef cnp.ndarray _engine_copy_array(MultiTensorStep self, object value, cnp.ndarray param,
                                     Py_ssize_t i):
     """param_copies[i]: bfloat16/float16, the shape of a float32 params[i]."""
-    cdef str name = f"param_copies[{i}]"
-    if _any_dtype_code(param) != RC_FLOAT32:
-        raise TypeError(f"{name} needs a float32 params[{i}] (the master copy), got "
-                        f"dtype {param.dtype}")
-    cdef cnp.ndarray array = _check_lowp_array(value, name, True, _BF16 | _F16)
-    _check_shape(array, param, name, f"params[{i}]")
+    cdef cnp.ndarray array = _check_param_copy(value, f"param_copies[{i}]", param,
+                                               f"params[{i}]")
     self.tensor_lowp[i].param_copy = cnp.PyArray_DATA(array)
     self.tensor_lowp[i].copy_dtype = _any_dtype_code(array)
     return array

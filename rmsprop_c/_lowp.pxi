@@ -95,6 +95,46 @@ cdef int _lowp_state_rule(int param_code) noexcept:
     return _F32 | _BF16 | _F16
 
 
+cdef cnp.ndarray _check_state_buffer(object value, str name, cnp.ndarray param,
+                                     str param_name, bint low_precision, int *state_code,
+                                     list first_name):
+    """One state buffer of `param`, checked alike by rmsprop_step and the optimizer's engine:
+    writeable, C-contiguous, aligned, of the param's shape and dtype; or, on the low-precision
+    path with a float32, bfloat16 or float16 param, of any of those three dtypes, every state
+    buffer of the tensor alike (`state_code`: the dtype seen first, -1 before any; the name of
+    the buffer that had it is kept in `first_name`)."""
+    cdef cnp.ndarray array
+    cdef int code
+    if not low_precision or _any_dtype_code(param) == RC_FLOAT64:
+        array = _check_array(value, name, True)
+        _check_like(array, param, name, param_name)
+        return array
+    array = _check_lowp_array(value, name, True, _lowp_state_rule(_any_dtype_code(param)),
+                              f" for {param_name} of dtype {param.dtype}")
+    _check_shape(array, param, name, param_name)
+    code = _any_dtype_code(array)
+    if state_code[0] >= 0 and code != state_code[0]:
+        raise TypeError(f"{name} has dtype {array.dtype}, but {first_name[0]} has dtype "
+                        f"{_DTYPE_NAMES[state_code[0]]}: the state buffers of {param_name} "
+                        f"share one dtype")
+    if state_code[0] < 0:
+        first_name[:] = [name]
+    state_code[0] = code
+    return array
+
+
+cdef cnp.ndarray _check_param_copy(object value, str name, cnp.ndarray param,
+                                   str param_name):
+    """A low-precision copy of `param` (both API paths): bfloat16/float16, the shape of a
+    float32 param, writeable, C-contiguous."""
+    if _any_dtype_code(param) != RC_FLOAT32:
+        raise TypeError(f"{name} needs a float32 {param_name} (the master copy), got dtype "
+                        f"{param.dtype}")
+    cdef cnp.ndarray array = _check_lowp_array(value, name, True, _BF16 | _F16)
+    _check_shape(array, param, name, param_name)
+    return array
+
+
 cdef int _collect_lowp(object param, object grad, object square_avg, object momentum_buffer,
                        object grad_avg, object max_square_avg, object param_copy,
                        rc_buffers *buffers, rc_lowp *lowp, list arrays) except -1:
@@ -115,6 +155,7 @@ cdef int _collect_lowp(object param, object grad, object square_avg, object mome
     buffers.grad = cnp.PyArray_DATA(grad_array)
     cdef cnp.ndarray array
     cdef int state_code = -1
+    cdef list first_state = [None]
     cdef tuple state_values = (square_avg, momentum_buffer, grad_avg, max_square_avg)
     cdef void **slots[4]
     slots[0] = &buffers.square_avg
@@ -125,24 +166,14 @@ cdef int _collect_lowp(object param, object grad, object square_avg, object mome
         if state_values[k] is None:
             continue
         name = STATE_KEYS[k]
-        array = _check_lowp_array(state_values[k], name, True,
-                                  _lowp_state_rule(lowp.param_dtype))
-        _check_shape(array, param_array, name, "param")
-        if state_code < 0:
-            state_code = _any_dtype_code(array)
-        elif _any_dtype_code(array) != state_code:
-            raise TypeError(f"{name} has dtype {array.dtype}, but square_avg has dtype "
-                            f"{_DTYPE_NAMES[state_code]}: state buffers share one dtype")
+        array = _check_state_buffer(state_values[k], name, param_array, "param", True,
+                                    &state_code, first_state)
         slots[k][0] = cnp.PyArray_DATA(array)
         arrays.append(array)
         names.append(name)
     lowp.state_dtype = state_code
     if param_copy is not None:
-        if lowp.param_dtype != RC_FLOAT32:
-            raise TypeError(f"param_copy needs a float32 param (the master copy); param has "
-                            f"dtype {param_array.dtype}")
-        array = _check_lowp_array(param_copy, "param_copy", True, _BF16 | _F16)
-        _check_shape(array, param_array, "param_copy", "param")
+        array = _check_param_copy(param_copy, "param_copy", param_array, "param")
         lowp.param_copy = cnp.PyArray_DATA(array)
         lowp.copy_dtype = _any_dtype_code(array)
         arrays.append(array)
