@@ -155,6 +155,7 @@ cdef class MultiTensorStep:
         """How bfloat16 stores round ("nearest" or "stochastic") and the seed of the bits."""
         self.lowp_stochastic = _read_rounding(rounding)
         self.lowp_seed = _read_seed(seed)
+        self.plan_reusable = False          # the low-precision records change with it
 
     # -------------------------------------------------------------------------------
     # Mutual exclusion (a lock taken across a fork is stale in the child: replace it)

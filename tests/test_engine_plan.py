@@ -109,3 +109,26 @@ def test_clipped_then_unclipped_steps_reuse_no_stale_coefficient(n_threads):
         fast.step(grads)
         slow.step(grads)
         assert_same(fast, slow, params, twins, f"after step {step + 1}")
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_rounding_switched_between_steps_is_applied(n_threads):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from rmsprop_c import _kernels, reference
+    rng = np.random.default_rng(33)
+    param = rng.standard_normal(3000).astype(ml_dtypes.bfloat16)
+    square_avg = np.zeros(3000, ml_dtypes.bfloat16)
+    twin, twin_square_avg = param.copy(), square_avg.copy()
+    engine = _kernels.MultiTensorStep([param], [0], [{"square_avg": square_avg}], 1)
+    group = rmsprop_c.RMSprop([np.zeros(1, np.float32)], lr=0.01).param_groups[0]
+    group = {key: group[key] for key in group if key != "params"}
+    for step, rounding in enumerate(["nearest", "nearest", "stochastic", "stochastic",
+                                     "nearest"], start=1):
+        engine.set_rounding(rounding, 5)
+        grad = rng.standard_normal(3000).astype(ml_dtypes.bfloat16)
+        engine.step([grad], [group], n_threads)
+        options = {key: group[key] for key in rmsprop_c._options.GROUP_KEYS}
+        reference.rmsprop_step(twin, grad, twin_square_avg, step=step, rounding=rounding,
+                               seed=5, tensor_index=0, **options)
+        assert param.view(np.uint16).tobytes() == twin.view(np.uint16).tobytes(), \
+            f"step {step} ({rounding})"
