@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from rmsprop_c.demo import (DATASETS, DEFAULT_EPOCHS, DEFAULT_HIDDEN, MLP, MissingDependency,
                             learning_rate_for, train_classifier)
-from rmsprop_c._demo_train import set_cosine_lr
+from rmsprop_c._demo_train import minibatches, set_cosine_lr
 from rmsprop_c.flavors import FLAVORS
 
 __all__ = ["main", "build_parser", "train_data_parallel"]
@@ -52,10 +52,8 @@ def train_data_parallel(comm, dataset, *, flavor, lr, epochs, batch_size, seed, 
     with threadpool_limits(limits=1, user_api="blas"):
         for epoch in range(1, epochs + 1):
             set_cosine_lr(optimizer, lr, epoch, epochs)
-            order = rng.permutation(n_train)
             totals = np.zeros(2)  # loss summed over examples, examples classified right
-            for start in range(0, n_train, batch_size):
-                batch = order[start:start + batch_size]
+            for batch in minibatches(rng, n_train, batch_size):
                 mine = batch[rank::world]
                 if len(mine):
                     loss, correct, grads = model.loss_and_grads(dataset.x_train[mine],

@@ -25,7 +25,7 @@ import rmsprop_c
 from rmsprop_c import _cli
 from rmsprop_c._demo_data import DATASETS, MLP, MissingDependency
 from rmsprop_c._demo_train import (DEFAULT_EPOCHS, DEFAULT_HIDDEN, learning_rate_for,
-                                   set_cosine_lr)
+                                   minibatches, set_cosine_lr)
 from rmsprop_c._low_precision import BFLOAT16
 
 __all__ = ["MODES", "train", "main"]
@@ -64,10 +64,8 @@ def train(dataset, mode, *, lr, epochs=DEFAULT_EPOCHS, batch_size=64, seed=0,
     with threadpool_limits(limits=1, user_api="blas"):
         for epoch in range(1, epochs + 1):
             set_cosine_lr(optimizer, lr, epoch, epochs)
-            order = rng.permutation(n_train)
             loss_sum, frozen_sum, n_steps = 0.0, 0.0, 0
-            for start in range(0, n_train, batch_size):
-                batch = order[start:start + batch_size]
+            for batch in minibatches(rng, n_train, batch_size):
                 for wide, weights in zip(compute, visible):
                     wide[...] = weights.astype(np.float32)
                 loss, _, grads = model.loss_and_grads(dataset.x_train[batch],

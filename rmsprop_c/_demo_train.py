@@ -118,6 +118,13 @@ def set_cosine_lr(optimizer, lr, epoch, epochs):
         group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
 
 
+def minibatches(rng, n_examples, batch_size):
+    """One epoch's minibatches: index arrays over a fresh random order of the examples."""
+    order = rng.permutation(n_examples)
+    for start in range(0, n_examples, batch_size):
+        yield order[start:start + batch_size]
+
+
 def learning_rate_for(flavor, explicit=None):
     """The learning rate the demo trains ``flavor`` with, and where it comes from.
 
@@ -212,10 +219,8 @@ def train_classifier(dataset, *, flavor="torch", lr, epochs=DEFAULT_EPOCHS, batc
         loop_start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             set_cosine_lr(optimizer, lr, epoch, epochs)
-            order = rng.permutation(n_train)
             loss_sum, n_correct = 0.0, 0
-            for start in range(0, n_train, batch_size):
-                batch = order[start:start + batch_size]
+            for batch in minibatches(rng, n_train, batch_size):
                 loss, correct, grads = model.loss_and_grads(dataset.x_train[batch],
                                                             dataset.y_train[batch])
                 step_start = time.perf_counter()
