@@ -50,6 +50,8 @@ cdef class MultiTensorStep:
     cdef Py_ssize_t region_inactive     # tensors with a None grad in this step's region
     cdef Py_ssize_t check_cursor        # the region's next tensor to check
     cdef Py_ssize_t run_cursor          # ... and its next element to step
+    cdef Py_ssize_t finish_cursor       # ... and its next tensor to count
+    cdef bint steps_counted             # the region advanced the step counts, dropped the grads
     # The plan of the current step (active tensors only).
     cdef Py_ssize_t *plan_offsets
     cdef Py_ssize_t *plan_tensors       # the tensor index of each plan entry
@@ -393,12 +395,15 @@ cdef class MultiTensorStep:
             self.norm_measured = measure
             if skip_nonfinite and nonfinite:
                 return False
-            for k in range(self.plan.n):
-                self.tensor_steps[self.plan_tensors[k]] += 1
+            if not self.steps_counted:
+                for k in range(self.plan.n):
+                    self.tensor_steps[self.plan_tensors[k]] += 1
             return True
         finally:
             # The kernels are done with the grads: drop the pointers into them.
-            for i in range(self.n_tensors):
-                self.buffers[i].grad = NULL
+            if not self.steps_counted:
+                for i in range(self.n_tensors):
+                    self.buffers[i].grad = NULL
+            self.steps_counted = False
             lock.release()
             self.stepping = False

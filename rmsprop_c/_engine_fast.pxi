@@ -183,6 +183,16 @@ cdef void _engine_lay_out(MultiTensorStep self) noexcept nogil:
     self.plan_reusable = reusable
 
 
+cdef void _engine_finish_range(MultiTensorStep self, Py_ssize_t low,
+                               Py_ssize_t high) noexcept nogil:
+    """After the kernels: tensors [low, high) with a grad count the step; no grad pointer is
+    kept past the step."""
+    cdef Py_ssize_t i
+    for i in range(low, high):
+        self.tensor_steps[i] += self.tensor_active[i]
+        self.buffers[i].grad = NULL
+
+
 cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
                                     const uintptr_t *addresses, int workers,
                                     bint run) noexcept nogil:
@@ -192,6 +202,7 @@ cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
     cdef int team, worker
     cdef unsigned int mode, previous
     self.region_inactive = 0
+    self.steps_counted = False
     if workers <= 1:
         failed = _engine_check_range(self, grads, addresses, 0, n, &self.region_inactive)
         if failed == 0:
@@ -199,11 +210,14 @@ cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
                 _engine_lay_out(self)
             if run:
                 _plan_run_range(&self.plan, 0, self.plan.total)
+                _engine_finish_range(self, 0, n)
+                self.steps_counted = True
         return failed
     mode = rc_fp_mode()
     self.region_failed = 0
     self.check_cursor = 0
     self.run_cursor = 0
+    self.finish_cursor = 0
     check_block = max(CHECK_BLOCK_TENSORS, n // (workers * SHARED_BLOCKS_PER_WORKER) + 1)
     team = 1                            # private in the region; set so none is read unset
     worker = 0
@@ -234,5 +248,12 @@ cdef Py_ssize_t _engine_checked_run(MultiTensorStep self, PyObject *grads,
         rc_omp_barrier()
         if run and self.region_failed == 0:
             _plan_run_shared(&self.plan, &self.run_cursor, _shared_block(self.plan.total, team))
+            rc_omp_barrier()            # every kernel is done with the grads
+            while True:
+                first = rc_atomic_take(&self.finish_cursor, check_block)
+                if first >= n:
+                    break
+                _engine_finish_range(self, first, min(first + check_block, n))
         rc_fp_mode_leave(previous)
+    self.steps_counted = run and self.region_failed == 0
     return self.region_failed
