@@ -1,10 +1,10 @@
 # Threads: how many a step may use, and the one parallel region that runs a step (or the
 # calling thread, as the threading policy in _policy.pxi decides).
 
-# Each worker's share starts on a 64-element boundary (whole cache lines for float32/64).
+# Each block of a step's elements starts on a 64-element boundary (whole cache lines).
 cdef Py_ssize_t SPLIT_ALIGNMENT = 64
-# A worker gets at least this many elements: below it a thread's share is under a
-# microsecond of work, less than any fork/join measured.
+# A block (and a worker's share) has at least this many elements: below it a thread's share
+# is under a microsecond of work, less than any fork/join measured.
 cdef Py_ssize_t MIN_WORKER_ELEMENTS = 2048
 
 # Workers take their share of a step in blocks from a shared cursor, about this many blocks
@@ -125,14 +125,6 @@ cdef struct Plan:
     const rc_hyper **hypers
     const rc_buffers **buffers
     Py_ssize_t *chunk_offsets           # n + 1 cumulative norm-chunk counts (or NULL)
-
-
-cdef inline Py_ssize_t _split_point(Py_ssize_t total, Py_ssize_t worker,
-                                    Py_ssize_t n_workers) noexcept nogil:
-    if worker >= n_workers:
-        return total
-    cdef Py_ssize_t point = total * worker // n_workers
-    return point - point % SPLIT_ALIGNMENT
 
 
 cdef inline Py_ssize_t _plan_first(const Plan *plan, Py_ssize_t begin) noexcept nogil:
