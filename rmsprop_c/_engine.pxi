@@ -4,7 +4,8 @@
 # size and flags recorded); each step checks in C, with no Python call per tensor on the
 # fast path: the recorded buffers are unchanged, the groups' options, and each grad (taken
 # once from a snapshot that holds references until the kernels are done). Then one parallel
-# region (or none, as the threading policy decides) covers all tensors, split by elements.
+# region (or none, as the threading policy decides) covers all tensors, the workers taking
+# blocks of elements from a shared cursor.
 # Clipping by the global norm (or skip_nonfinite) first runs one read pass over the grads:
 # workers write norm partials at fixed chunk indices, combined in chunk order afterwards, so
 # the norm (and the step) never depends on the thread count.

@@ -1,7 +1,8 @@
-# The engine's step in one parallel region, without the GIL: each worker checks its share of
-# the tensors in C (buffers unchanged, grads acceptable), a barrier, one thread lays out the
-# plan, a barrier, then the workers run the kernels. Checking is cache-miss bound (a few array
-# headers per tensor), so it scales with the workers like the kernels do. A tensor that fails
+# The engine's step in one parallel region, without the GIL: the workers check blocks of the
+# tensors in C (buffers unchanged, grads acceptable), a barrier, one thread lays out the plan
+# (or refreshes the last one's scalars), a barrier, the workers run the kernels, a barrier,
+# they count the step. Checking is cache-miss bound (a few array headers per tensor), so it
+# scales with the workers like the kernels do. A tensor that fails
 # these checks sends the step to the full checks under the GIL (_engine_checks.pxi): they
 # raise the error that names it, or accept it (a dtype equal to the param's but another object).
 
