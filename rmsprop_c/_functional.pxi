@@ -7,9 +7,8 @@ cdef void *_state_buffer(object value, str name, cnp.ndarray param_array, list a
     """Data pointer of an optional state buffer checked like `param` (NULL when None)."""
     if value is None:
         return NULL
-    cdef int unused = -1
     cdef cnp.ndarray array = _check_state_buffer(value, name, param_array, "param", False,
-                                                 &unused, None)
+                                                 NULL, None)
     arrays.append(array)
     names.append(name)
     return cnp.PyArray_DATA(array)
@@ -23,9 +22,8 @@ cdef int _collect_buffers(object param, object grad, object square_avg, object m
     cdef cnp.ndarray param_array = _check_array(param, "param", True)
     cdef cnp.ndarray grad_array = _check_array(grad, "grad", False)
     _check_like(grad_array, param_array, "grad", "param")
-    cdef int unused = -1
     cdef cnp.ndarray square_avg_array = _check_state_buffer(square_avg, "square_avg",
-                                                            param_array, "param", False, &unused,
+                                                            param_array, "param", False, NULL,
                                                             None)
     arrays.extend([param_array, grad_array, square_avg_array])
     cdef list names = ["param", "grad", "square_avg"]

@@ -102,7 +102,7 @@ cdef cnp.ndarray _check_state_buffer(object value, str name, cnp.ndarray param,
     writeable, C-contiguous, aligned, of the param's shape and dtype; or, on the low-precision
     path with a float32, bfloat16 or float16 param, of any of those three dtypes, every state
     buffer of the tensor alike (`state_code`: the dtype seen first, -1 before any; the name of
-    the buffer that had it is kept in `first_name`)."""
+    the buffer that had it is kept in `first_name`; both unused off that path: NULL, None)."""
     cdef cnp.ndarray array
     cdef int code
     if not low_precision or _any_dtype_code(param) == RC_FLOAT64:

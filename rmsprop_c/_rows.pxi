@@ -226,9 +226,8 @@ cdef int _rows_step(object param, object indices, object grad_rows, object squar
             cnp.PyArray_DIMS(grad_array)[1] != width:
         raise ValueError(f"grad_rows has shape {(<object>grad_array).shape}; expected "
                          f"(len(indices), param.shape[1]) = ({n}, {width})")
-    cdef int unused = -1
     cdef cnp.ndarray square_avg_array = _check_state_buffer(square_avg, "square_avg",
-                                                            param_array, "param", False, &unused,
+                                                            param_array, "param", False, NULL,
                                                             None)
     cdef list arrays = [param_array, grad_array, square_avg_array]
     cdef list names = ["param", "grad_rows", "square_avg"]

@@ -331,7 +331,7 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
         for index, param in enumerate(params):
             self.state[param]["step"] = counts[index]
         self._engine = engine
-        self._step_counts = counts.numpy()   # NumPy adds 1 in about a tenth of torch's time
+        self._step_counts = counts.numpy()   # np.add: 0.7 us per step, torch's add_ 2.7 us
         self._params = params
         self._param_ptrs = list(map(_data_ptr, params))
         self._numels = list(map(_numel, params))
@@ -450,17 +450,14 @@ lr_in_momentum, initial_accumulator_value, grad_scale, clip_value : optional
             return None
         return np.array(addresses, dtype=np.uintp)
 
-    def _grad_views_cached(self, grads, same=None):
-        """Views of ``grads``, reusing last step's when every grad is the same tensor object
-        (``same``: already known).
+    def _grad_views_cached(self, grads, same):
+        """Views of ``grads``, reusing last step's when ``same`` (every grad is the same tensor
+        object as last step).
 
         Grads that persist between steps (``zero_grad(set_to_none=False)``) hit every step.
         A loop that makes new grads each step misses; there the views are not kept, so the
         optimizer holds no gradient memory while the next backward allocates new grads.
         """
-        if same is None:
-            refs = self._grad_refs
-            same = refs is not None and all(map(is_, grads, refs))
         if same:
             self._keep_grad_views = True
             return self._grad_views
