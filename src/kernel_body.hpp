@@ -50,13 +50,18 @@ static inline T select_where(bool condition, T if_true, T if_false) {
     return result;
 }
 
-/* Not inlined: one copy of the loop per variant keeps the module small.
- * Pointers are restrict-qualified parameters (GCC trusts those, not restrict locals), so the
- * loop needs no runtime alias checks; the error contract guarantees no buffers overlap.
- * Template parameters are the options that change the buffers touched or cost time when
- * compiled in; eps placement and nesterov are loop-invariant runtime values. */
+/* The element blocks of rmsprop_chunk: 64 bytes, whole vectors on every target. */
+template <typename T> struct Block { enum { size = 64 / sizeof(T) }; };
+
+/* Inlined into its variant's table entry (rmsprop_variant), the one copy of the loop.
+ * Pointers are restrict-qualified parameters (GCC trusts those, also once inlined, but not
+ * restrict locals), so the loop needs no runtime alias checks; the error contract
+ * guarantees no buffers overlap. Template parameters are the options that change the
+ * buffers touched or cost time when compiled in; eps placement and nesterov are
+ * loop-invariant runtime values. */
 template <typename T, int WD, bool CENTERED, bool BIAS, bool AMSGRAD, int MOM>
-__attribute__((noinline)) static void rmsprop_chunk(const rc_hyper *hyper, ptrdiff_t n,
+static inline __attribute__((always_inline)) void rmsprop_chunk(const rc_hyper *hyper,
+                                                                ptrdiff_t blocks,
                           T *__restrict param, const T *__restrict grad, T *__restrict square_avg,
                           T *__restrict momentum_buffer, T *__restrict grad_avg,
                           T *__restrict max_square_avg) {
@@ -74,6 +79,9 @@ __attribute__((noinline)) static void rmsprop_chunk(const rc_hyper *hyper, ptrdi
     const typename SignBits<T>::type sign_mask = hyper->maximize ? SignBits<T>::mask : 0;
     const T norm_coefficient = (T)hyper->norm_coefficient;
 
+    /* Whole blocks: the compiler sees a multiple of the vector width and emits no scalar
+     * epilogue (the caller runs a last partial block through run_tail). */
+    const ptrdiff_t n = blocks * Block<T>::size;
     for (ptrdiff_t i = 0; i < n; ++i) {
         T p = param[i];
         /* Scaled and clamped already when that is on; the norm's factor last, as the spec. */
@@ -115,12 +123,14 @@ __attribute__((noinline)) static void rmsprop_chunk(const rc_hyper *hyper, ptrdi
     }
 }
 
-/* The same-traffic kernel: reads and writes exactly the buffers of the variant. */
+/* The same-traffic kernel: reads and writes exactly the buffers of the variant. Its last
+ * partial vector runs as a loop, not unrolled (code size). */
 template <typename T, bool CENTERED, bool AMSGRAD, bool MOMENTUM>
 __attribute__((noinline)) static void traffic_chunk(ptrdiff_t n,
                           T *__restrict param, const T *__restrict grad, T *__restrict square_avg,
                           T *__restrict momentum_buffer, T *__restrict grad_avg,
                           T *__restrict max_square_avg) {
+#pragma GCC unroll 1
     for (ptrdiff_t i = 0; i < n; ++i) {
         const T g = grad[i];
         square_avg[i] += g;
@@ -330,21 +340,44 @@ static inline T *at(void *base, ptrdiff_t start) {
     return base ? static_cast<T *>(base) + start : nullptr;
 }
 
-template <typename T, int V>
-static inline void rmsprop_range(const rc_hyper *hyper, const rc_buffers *buffers,
-                                 ptrdiff_t start, ptrdiff_t stop) {
-    /* Decodes the variant index of rmsprop_kernels.h. */
-    rmsprop_chunk<T, V % 3, (V / 3) % 2 != 0, (V / 6) % 2 != 0, (V / 12) % 2 != 0, V / 24>(
-        hyper, stop - start, at<T>(buffers->param, start),
-        static_cast<const T *>(buffers->grad) + start, at<T>(buffers->square_avg, start),
-        at<T>(buffers->momentum_buffer, start), at<T>(buffers->grad_avg, start),
-        at<T>(buffers->max_square_avg, start));
+/* The last n < Block<T>::size elements of a tensor: copied into zero-padded blocks, run
+ * as one block by the same variant (same lanes, same bits), copied back. One copy per
+ * dtype. */
+template <typename T>
+__attribute__((noinline)) static void run_tail(rc_kernel_fn variant, const rc_hyper *hyper,
+                                               const rc_buffers *buffers, ptrdiff_t first,
+                                               ptrdiff_t stop) {
+    enum { B = Block<T>::size };
+    const ptrdiff_t n = stop - first;
+    void *const bases[6] = {buffers->param, const_cast<void *>(buffers->grad),
+                            buffers->square_avg, buffers->momentum_buffer, buffers->grad_avg,
+                            buffers->max_square_avg};
+    alignas(64) T padded[6][B] = {};
+    for (int k = 0; k < 6; ++k)
+        if (bases[k] != nullptr)
+            __builtin_memcpy(padded[k], at<T>(bases[k], first), n * sizeof(T));
+    const rc_buffers local = {padded[0], padded[1], padded[2], bases[3] ? padded[3] : nullptr,
+                              bases[4] ? padded[4] : nullptr, bases[5] ? padded[5] : nullptr,
+                              buffers->lowp};
+    variant(hyper, &local, 0, B);
+    for (int k = 0; k < 6; ++k)
+        if (k != 1 && bases[k] != nullptr)
+            __builtin_memcpy(at<T>(bases[k], first), padded[k], n * sizeof(T));
 }
 
+/* A variant's table entry: the whole blocks of [start, stop) in place, then the rest. */
 template <typename T, int V>
 static void rmsprop_variant(const rc_hyper *hyper, const rc_buffers *buffers,
                             ptrdiff_t start, ptrdiff_t stop) {
-    rmsprop_range<T, V>(hyper, buffers, start, stop);
+    const ptrdiff_t blocks = (stop - start) / Block<T>::size;
+    /* Decodes the variant index of rmsprop_kernels.h. */
+    rmsprop_chunk<T, V % 3, (V / 3) % 2 != 0, (V / 6) % 2 != 0, (V / 12) % 2 != 0, V / 24>(
+        hyper, blocks, at<T>(buffers->param, start),
+        static_cast<const T *>(buffers->grad) + start, at<T>(buffers->square_avg, start),
+        at<T>(buffers->momentum_buffer, start), at<T>(buffers->grad_avg, start),
+        at<T>(buffers->max_square_avg, start));
+    const ptrdiff_t first = start + blocks * Block<T>::size;
+    if (first < stop) run_tail<T>(&rmsprop_variant<T, V>, hyper, buffers, first, stop);
 }
 
 template <typename T, int V>

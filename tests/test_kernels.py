@@ -118,6 +118,18 @@ def test_every_simd_target_on_the_full_grid(simd, dtype, restore_simd):
         check_against_reference(options, 37, dtype, (1,), seed=index)
 
 
+@pytest.mark.parametrize("simd", _kernels.simd_targets_supported())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_every_partial_block_length_on_every_simd_target(simd, dtype, restore_simd):
+    # The kernels run whole 64-byte blocks in place and a last partial block through a
+    # zero-padded copy: every length up to two blocks and one element, on the covering options.
+    _kernels.set_simd_target(simd)
+    block = 64 // np.dtype(dtype).itemsize
+    for size in range(2 * block + 2):
+        for index, options in enumerate(covering_option_sets()):
+            check_against_reference(options, size, dtype, (1,), seed=size * 100 + index)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("eps_in_sqrt", [False, True])
 @pytest.mark.parametrize("centered", [False, True])
