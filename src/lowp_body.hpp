@@ -357,36 +357,48 @@ static void lowp_run(rc_kernel_fn kernel, const rc_hyper *hyper, const rc_buffer
 }
 
 /* The same-traffic twin: every buffer read and written with integer adds of the grad's
- * bits (2-byte buffers take its top 16 bits), the copy written from the param's bits. */
-template <typename P, typename G, typename S>
-static void lowp_traffic_loop(ptrdiff_t n, P *__restrict param, const G *__restrict grad,
-                              S *__restrict square_avg, S *__restrict momentum_buffer,
-                              S *__restrict grad_avg, S *__restrict max_square_avg,
-                              uint16_t *__restrict copy) {
-    const int shift = sizeof(G) > sizeof(uint16_t) ? 16 : 0;
+ * bits (2-byte buffers take its top 16 bits), the copy written from the param's bits.
+ * Block by block, one buffer at a time: the grad block is read again from L1, memory sees
+ * the same bytes, and one small loop per dtype pair serves every buffer set. */
+enum { RC_TRAFFIC_BLOCK = 1024 };
+
+template <typename S, typename G>
+__attribute__((noinline)) static void add_grad_bits(ptrdiff_t n, S *__restrict state,
+                                                    const G *__restrict grad) {
+    const int shift = sizeof(S) < sizeof(G) ? 16 : 0;
+#pragma GCC unroll 1
+    for (ptrdiff_t i = 0; i < n; ++i) state[i] += (S)((uint32_t)grad[i] >> shift);
+}
+
+template <typename P, typename G, bool COPY>
+__attribute__((noinline)) static void add_grad_bits_param(ptrdiff_t n, P *__restrict param,
+                                                          const G *__restrict grad,
+                                                          uint16_t *__restrict copy) {
+    const int shift = sizeof(P) < sizeof(G) ? 16 : 0;
+#pragma GCC unroll 1
     for (ptrdiff_t i = 0; i < n; ++i) {
-        const uint32_t g = (uint32_t)grad[i];
-        const S gs = (S)(sizeof(S) < sizeof(G) ? g >> shift : g);
-        const P gp = (P)(sizeof(P) < sizeof(G) ? g >> shift : g);
-        square_avg[i] += gs;
-        if (momentum_buffer) momentum_buffer[i] += gs;
-        if (grad_avg) grad_avg[i] += gs;
-        if (max_square_avg) max_square_avg[i] += gs;
-        const P p = param[i] + gp;
+        const P p = param[i] + (P)((uint32_t)grad[i] >> shift);
         param[i] = p;
-        if (copy) copy[i] = (uint16_t)((uint32_t)p >> (sizeof(P) > 2 ? 16 : 0));
+        if (COPY) copy[i] = (uint16_t)((uint32_t)p >> (sizeof(P) > 2 ? 16 : 0));
     }
 }
 
 template <typename P, typename G, typename S>
 static void lowp_traffic_typed(const rc_buffers *b, ptrdiff_t start, ptrdiff_t stop) {
-    const rc_lowp *lowp = b->lowp;
-    auto at_s = [start](void *base) { return base ? static_cast<S *>(base) + start : nullptr; };
-    lowp_traffic_loop<P, G, S>(
-        stop - start, static_cast<P *>(b->param) + start, static_cast<const G *>(b->grad) + start,
-        at_s(b->square_avg), at_s(b->momentum_buffer), at_s(b->grad_avg),
-        at_s(b->max_square_avg),
-        lowp->param_copy ? static_cast<uint16_t *>(lowp->param_copy) + start : nullptr);
+    S *const states[4] = {static_cast<S *>(b->square_avg), static_cast<S *>(b->momentum_buffer),
+                          static_cast<S *>(b->grad_avg), static_cast<S *>(b->max_square_avg)};
+    P *const param = static_cast<P *>(b->param);
+    const G *const grad = static_cast<const G *>(b->grad);
+    uint16_t *const copy = static_cast<uint16_t *>(b->lowp->param_copy);
+    for (ptrdiff_t at = start; at < stop; at += RC_TRAFFIC_BLOCK) {
+        const ptrdiff_t n = stop - at < RC_TRAFFIC_BLOCK ? stop - at : RC_TRAFFIC_BLOCK;
+        for (int k = 0; k < 4; ++k)
+            if (states[k] != nullptr) add_grad_bits<S, G>(n, states[k] + at, grad + at);
+        if (copy != nullptr)
+            add_grad_bits_param<P, G, true>(n, param + at, grad + at, copy + at);
+        else
+            add_grad_bits_param<P, G, false>(n, param + at, grad + at, nullptr);
+    }
 }
 
 static void lowp_traffic(rc_kernel_fn, const rc_hyper *, const rc_buffers *b, ptrdiff_t,

@@ -160,24 +160,31 @@ static void fused_chunk(const rc_hyper *hyper, int wd_mode, int mom_mode, ptrdif
     c.key_param = v_set(keys[0]);
     c.key_square = v_set(keys[1]);
     c.key_momentum = v_set(keys[2]);
-    ptrdiff_t i = 0;
-    for (; i + RC_FUSED_WAYS * RC_LANES <= n; i += RC_FUSED_WAYS * RC_LANES)
-        fused_lanes<RC_FUSED_WAYS, DECAY, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
-            c, v_index(low_base + (uint32_t)i), param + i, grad + i, square_avg + i,
-            MOM ? momentum_buffer + i : nullptr, CD != RC_NO_COPY ? copy + i : nullptr);
-    const ptrdiff_t rest = n - i;
-    if (rest == 0) return;
+    /* The last n % TAIL elements run through zero-padded copies in the same loop (same
+     * lanes, same bits): one inlined body per instance instead of two. */
     enum { TAIL = RC_FUSED_WAYS * RC_LANES };
     P p_tail[TAIL] = {};
     G g_tail[TAIL] = {};
     S v_tail[TAIL] = {}, b_tail[TAIL] = {};
     uint16_t c_tail[TAIL];
-    __builtin_memcpy(p_tail, param + i, rest * sizeof(P));
-    __builtin_memcpy(g_tail, grad + i, rest * sizeof(G));
-    __builtin_memcpy(v_tail, square_avg + i, rest * sizeof(S));
-    if (MOM) __builtin_memcpy(b_tail, momentum_buffer + i, rest * sizeof(S));
-    fused_lanes<RC_FUSED_WAYS, DECAY, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
-        c, v_index(low_base + (uint32_t)i), p_tail, g_tail, v_tail, b_tail, c_tail);
+    const ptrdiff_t rest = n % TAIL;
+    for (ptrdiff_t i = 0; i < n; i += TAIL) {
+        P *p_at = param + i;
+        const G *g_at = grad + i;
+        S *v_at = square_avg + i, *b_at = MOM ? momentum_buffer + i : nullptr;
+        uint16_t *c_at = CD != RC_NO_COPY ? copy + i : nullptr;
+        if (n - i < TAIL) {
+            __builtin_memcpy(p_tail, p_at, rest * sizeof(P));
+            __builtin_memcpy(g_tail, g_at, rest * sizeof(G));
+            __builtin_memcpy(v_tail, v_at, rest * sizeof(S));
+            if (MOM) __builtin_memcpy(b_tail, b_at, rest * sizeof(S));
+            p_at = p_tail, g_at = g_tail, v_at = v_tail, b_at = b_tail, c_at = c_tail;
+        }
+        fused_lanes<RC_FUSED_WAYS, DECAY, BIAS, MOM, PD, GD, SD, CD, STOCHASTIC>(
+            c, v_index(low_base + (uint32_t)i), p_at, g_at, v_at, b_at, c_at);
+    }
+    if (rest == 0) return;
+    const ptrdiff_t i = n - rest;
     __builtin_memcpy(param + i, p_tail, rest * sizeof(P));
     __builtin_memcpy(square_avg + i, v_tail, rest * sizeof(S));
     if (MOM) __builtin_memcpy(momentum_buffer + i, b_tail, rest * sizeof(S));

@@ -283,19 +283,45 @@ def test_stochastic_bits_depend_on_seed_step_and_tensor():
         assert stepped(**other) != base, other
 
 
-def test_same_traffic_kernels_touch_every_buffer():
-    size = 5000
-    param = np.ones(size, BF16)
-    grad = np.ones(size, F16)
-    square_avg = np.ones(size, BF16)
-    momentum_buffer = np.ones(size, BF16)
-    before = [param.tobytes(), square_avg.tobytes(), momentum_buffer.tobytes()]
-    _kernels.same_traffic_step(param, grad, square_avg, momentum_buffer=momentum_buffer)
-    after = [param.tobytes(), square_avg.tobytes(), momentum_buffer.tobytes()]
-    assert all(a != b for a, b in zip(before, after))
-    master, copy = np.ones(size, F32), np.zeros(size, BF16)
-    _kernels.same_traffic_step(master, np.ones(size, F32), np.ones(size, F32), param_copy=copy)
-    assert copy.view(np.uint16).any()
+def added_bits(buffer, grad):
+    """buffer's bits plus the grad's (its top 16 bits for a 2-byte buffer), wrapping."""
+    bits = grad.view(np.uint32 if grad.itemsize == 4 else np.uint16).astype(np.uint32)
+    if buffer.itemsize < grad.itemsize:
+        bits >>= 16
+    kind = np.uint32 if buffer.itemsize == 4 else np.uint16
+    return (buffer.view(kind) + bits.astype(kind)).view(buffer.dtype)
+
+
+@pytest.mark.parametrize("param_dtype, grad_dtype, state_dtype", [
+    (BF16, F16, BF16), (F32, BF16, BF16), (BF16, F32, F32), (F16, F16, F32)])
+def test_same_traffic_kernels_add_the_grad_bits_to_every_buffer(param_dtype, grad_dtype,
+                                                                  state_dtype):
+    # The memory yardstick of the low-precision steps: every buffer read and written once.
+    size = 5000                         # whole blocks of 1024 and a partial one
+    rng = np.random.default_rng(0)
+    param = rng.standard_normal(size).astype(param_dtype)
+    grad = rng.standard_normal(size).astype(grad_dtype)
+    states = {name: rng.standard_normal(size).astype(state_dtype)
+              for name in ("square_avg", "momentum_buffer", "grad_avg", "max_square_avg")}
+    expected = {name: added_bits(value, grad) for name, value in states.items()}
+    expected_param = added_bits(param, grad)
+    square_avg, others = states["square_avg"], dict(states)
+    del others["square_avg"]
+    _kernels.same_traffic_step(param, grad, square_avg, **others)
+    assert param.tobytes() == expected_param.tobytes()
+    for name, value in states.items():
+        assert value.tobytes() == expected[name].tobytes(), name
+
+
+def test_same_traffic_kernel_writes_the_param_copy_from_the_param_bits():
+    size = 3001
+    rng = np.random.default_rng(1)
+    master, grad = rng.standard_normal(size).astype(F32), rng.standard_normal(size).astype(F32)
+    square_avg, copy = np.ones(size, BF16), np.zeros(size, BF16)
+    expected_master = added_bits(master, grad)
+    _kernels.same_traffic_step(master, grad, square_avg, param_copy=copy)
+    assert master.tobytes() == expected_master.tobytes()
+    assert np.array_equal(copy.view(np.uint16), (master.view(np.uint32) >> 16).astype(np.uint16))
 
 
 # ---------------------------------------------------------------------------------------
