@@ -56,6 +56,23 @@ def set_simd_target(name):
     return name
 
 
+def _kernel_addresses(name):
+    """Where SIMD target ``name``'s update kernels (every variant, both dtypes) are loaded.
+
+    For the build-fact tests, which disassemble each target's code: a stripped module names
+    no functions.
+    """
+    cdef int index = _simd_index(name)
+    if not rc_simd_built(index):
+        raise ValueError(f"SIMD target {name!r} was not built; built: {simd_targets_built()}")
+    cdef int variant
+    addresses = []
+    for variant in range(RC_N_VARIANTS):
+        addresses.append(<uintptr_t>rc_get_kernel(index, RC_FLOAT32, variant))
+        addresses.append(<uintptr_t>rc_get_kernel(index, RC_FLOAT64, variant))
+    return addresses
+
+
 def _select_simd_from_environment():
     requested = os.environ.get("RMSPROP_C_SIMD", "").strip().lower()
     if requested:
