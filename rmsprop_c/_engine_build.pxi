@@ -76,6 +76,7 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
 
     cdef cnp.ndarray array, state_array
     cdef list ranges = []
+    cdef void **slots[4]
     cdef int present
     for i in range(n):
         array = _engine_param_array(self.params[i], i)     # float32/64, bfloat16, float16
@@ -97,10 +98,9 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
                        f"params[{i}]"))
         if not isinstance(states[i], dict):
             raise TypeError(f"states[{i}] must be a dict of arrays")
+        values = [None, None, None, None]
         present = 0
-        first_state = [None]
         for key, value in (<dict>states[i]).items():
-            name = f"state[{i}]['{key}']"
             if key == "param_copy":               # low precision: _engine_lowp.pxi
                 state_array = _engine_copy_array(self, value, array, i)
                 _engine_watch(self, state_array)
@@ -108,23 +108,24 @@ cdef int _engine_build(MultiTensorStep self, list params, list group_of_param, l
                                cnp.PyArray_NBYTES(state_array), f"param_copies[{i}]"))
                 continue
             if key not in STATE_KEYS:
-                raise ValueError(f"unknown state buffer {name}")
-            state_array = _engine_state_array(self, value, name, array, i, first_state)
+                raise ValueError(f"unknown state buffer state[{i}]['{key}']")
             k = STATE_KEYS.index(key)
+            values[k] = value
             present |= 1 << k
-            if k == 0:
-                self.buffers[i].square_avg = cnp.PyArray_DATA(state_array)
-            elif k == 1:
-                self.buffers[i].momentum_buffer = cnp.PyArray_DATA(state_array)
-            elif k == 2:
-                self.buffers[i].grad_avg = cnp.PyArray_DATA(state_array)
-            else:
-                self.buffers[i].max_square_avg = cnp.PyArray_DATA(state_array)
+        if not present & 1:
+            raise ValueError(f"state[{i}] lacks 'square_avg'")
+        names = []
+        for k in range(4):
+            names.append(f"state[{i}]['{STATE_KEYS[k]}']")
+        _state_slots(&self.buffers[i], slots)
+        collected, collected_names = [], []
+        self.tensor_lowp[i].state_dtype = _collect_states(
+            tuple(values), tuple(names), present, array, f"params[{i}]", True, slots,
+            collected, collected_names)
+        for state_array, name in zip(collected, collected_names):
             _engine_watch(self, state_array)
             ranges.append((<uintptr_t>cnp.PyArray_DATA(state_array),
                            cnp.PyArray_NBYTES(state_array), name))
-        if not present & 1:
-            raise ValueError(f"state[{i}] lacks 'square_avg'")
         self.group_states[g] &= present
         self.tensor_watches[i + 1] = self.n_watches
     for g in range(n_groups):

@@ -10,17 +10,6 @@ cdef cnp.ndarray _engine_param_array(object value, Py_ssize_t i):
     return _check_array(value, "params", True, i)
 
 
-cdef cnp.ndarray _engine_state_array(MultiTensorStep self, object value, str name,
-                                     cnp.ndarray param, Py_ssize_t i, list first_state):
-    """A state buffer: the param's dtype, or float32/bfloat16/float16 for params of those
-    dtypes (every state buffer of a tensor alike), as rmsprop_step checks it."""
-    cdef int state_code = self.tensor_lowp[i].state_dtype
-    cdef cnp.ndarray array = _check_state_buffer(value, name, param, f"params[{i}]", True,
-                                                 &state_code, first_state)
-    self.tensor_lowp[i].state_dtype = state_code
-    return array
-
-
 cdef cnp.ndarray _engine_copy_array(MultiTensorStep self, object value, cnp.ndarray param,
                                     Py_ssize_t i):
     """param_copies[i]: bfloat16/float16, the shape of a float32 params[i]."""

@@ -2,18 +2,6 @@
 # rmsprop_c.reference.rmsprop_step (same name, same signature, the spec).
 
 
-cdef void *_state_buffer(object value, str name, cnp.ndarray param_array, list arrays,
-                         list names) except? NULL:
-    """Data pointer of an optional state buffer checked like `param` (NULL when None)."""
-    if value is None:
-        return NULL
-    cdef cnp.ndarray array = _check_state_buffer(value, name, param_array, "param", False,
-                                                 NULL, None)
-    arrays.append(array)
-    names.append(name)
-    return cnp.PyArray_DATA(array)
-
-
 cdef int _collect_buffers(object param, object grad, object square_avg, object momentum_buffer,
                           object grad_avg, object max_square_avg, rc_buffers *buffers,
                           list arrays) except -1:
@@ -22,20 +10,16 @@ cdef int _collect_buffers(object param, object grad, object square_avg, object m
     cdef cnp.ndarray param_array = _check_array(param, "param", True)
     cdef cnp.ndarray grad_array = _check_array(grad, "grad", False)
     _check_like(grad_array, param_array, "grad", "param")
-    cdef cnp.ndarray square_avg_array = _check_state_buffer(square_avg, "square_avg",
-                                                            param_array, "param", False, NULL,
-                                                            None)
-    arrays.extend([param_array, grad_array, square_avg_array])
-    cdef list names = ["param", "grad", "square_avg"]
+    arrays.extend([param_array, grad_array])
+    cdef list names = ["param", "grad"]
     memset(buffers, 0, sizeof(rc_buffers))
     buffers.param = cnp.PyArray_DATA(param_array)
     buffers.grad = cnp.PyArray_DATA(grad_array)
-    buffers.square_avg = cnp.PyArray_DATA(square_avg_array)
-    buffers.momentum_buffer = _state_buffer(momentum_buffer, "momentum_buffer", param_array,
-                                            arrays, names)
-    buffers.grad_avg = _state_buffer(grad_avg, "grad_avg", param_array, arrays, names)
-    buffers.max_square_avg = _state_buffer(max_square_avg, "max_square_avg", param_array,
-                                           arrays, names)
+    cdef void **slots[4]
+    _state_slots(buffers, slots)
+    cdef tuple values = (square_avg, momentum_buffer, grad_avg, max_square_avg)
+    _collect_states(values, STATE_KEYS, _given(values), param_array, "param", False, slots,
+                    arrays, names)
     _check_disjoint(arrays, names)
     return 0
 

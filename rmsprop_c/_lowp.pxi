@@ -123,6 +123,49 @@ cdef cnp.ndarray _check_state_buffer(object value, str name, cnp.ndarray param,
     return array
 
 
+cdef int _given(tuple values):
+    """The presence bits of optional state buffers passed as arguments (None: absent);
+    square_avg is always given."""
+    cdef int k, present = 1
+    for k in range(1, 4):
+        if values[k] is not None:
+            present |= 1 << k
+    return present
+
+
+cdef int _collect_states(tuple values, tuple names, int present, cnp.ndarray param,
+                         str param_name, bint low_precision, void ***slots, list arrays,
+                         list array_names) except -2:
+    """The state buffers of one tensor, for every path that takes them (rmsprop_step,
+    rmsprop_step_rows, the optimizer's engine): `values[k]` is the buffer of STATE_KEYS[k],
+    present when bit k of `present` is set, and `names[k]` its name in messages. Each present
+    one goes through _check_state_buffer; its data pointer is stored at slots[k] (NULL when
+    absent) and the array and its name are appended. Returns the state dtype code on the
+    low-precision path (-1 otherwise)."""
+    cdef int state_code = -1
+    cdef list first_state = [None]
+    cdef cnp.ndarray array
+    cdef int k
+    for k in range(4):
+        if not present & (1 << k):
+            slots[k][0] = NULL
+            continue
+        array = _check_state_buffer(values[k], names[k], param, param_name, low_precision,
+                                    &state_code, first_state)
+        slots[k][0] = cnp.PyArray_DATA(array)
+        arrays.append(array)
+        array_names.append(names[k])
+    return state_code
+
+
+cdef void _state_slots(rc_buffers *buffers, void ***slots) noexcept:
+    """slots[k]: where the data pointer of STATE_KEYS[k] goes in `buffers`."""
+    slots[0] = &buffers.square_avg
+    slots[1] = &buffers.momentum_buffer
+    slots[2] = &buffers.grad_avg
+    slots[3] = &buffers.max_square_avg
+
+
 cdef cnp.ndarray _check_param_copy(object value, str name, cnp.ndarray param,
                                    str param_name):
     """A low-precision copy of `param` (both API paths): bfloat16/float16, the shape of a
@@ -154,24 +197,11 @@ cdef int _collect_lowp(object param, object grad, object square_avg, object mome
     buffers.param = cnp.PyArray_DATA(param_array)
     buffers.grad = cnp.PyArray_DATA(grad_array)
     cdef cnp.ndarray array
-    cdef int state_code = -1
-    cdef list first_state = [None]
-    cdef tuple state_values = (square_avg, momentum_buffer, grad_avg, max_square_avg)
     cdef void **slots[4]
-    slots[0] = &buffers.square_avg
-    slots[1] = &buffers.momentum_buffer
-    slots[2] = &buffers.grad_avg
-    slots[3] = &buffers.max_square_avg
-    for k in range(4):
-        if state_values[k] is None:
-            continue
-        name = STATE_KEYS[k]
-        array = _check_state_buffer(state_values[k], name, param_array, "param", True,
-                                    &state_code, first_state)
-        slots[k][0] = cnp.PyArray_DATA(array)
-        arrays.append(array)
-        names.append(name)
-    lowp.state_dtype = state_code
+    _state_slots(buffers, slots)
+    cdef tuple values = (square_avg, momentum_buffer, grad_avg, max_square_avg)
+    lowp.state_dtype = _collect_states(values, STATE_KEYS, _given(values), param_array, "param",
+                                       True, slots, arrays, names)
     if param_copy is not None:
         array = _check_param_copy(param_copy, "param_copy", param_array, "param")
         lowp.param_copy = cnp.PyArray_DATA(array)

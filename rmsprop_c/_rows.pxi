@@ -226,18 +226,18 @@ cdef int _rows_step(object param, object indices, object grad_rows, object squar
             cnp.PyArray_DIMS(grad_array)[1] != width:
         raise ValueError(f"grad_rows has shape {(<object>grad_array).shape}; expected "
                          f"(len(indices), param.shape[1]) = ({n}, {width})")
-    cdef cnp.ndarray square_avg_array = _check_state_buffer(square_avg, "square_avg",
-                                                            param_array, "param", False, NULL,
-                                                            None)
-    cdef list arrays = [param_array, grad_array, square_avg_array]
-    cdef list names = ["param", "grad_rows", "square_avg"]
+    cdef list arrays = [param_array, grad_array]
+    cdef list names = ["param", "grad_rows"]
     cdef RowWork work
     memset(&work, 0, sizeof(RowWork))
-    work.momentum_buffer = <char *>_state_buffer(momentum_buffer, "momentum_buffer",
-                                                 param_array, arrays, names)
-    work.grad_avg = <char *>_state_buffer(grad_avg, "grad_avg", param_array, arrays, names)
-    work.max_square_avg = <char *>_state_buffer(max_square_avg, "max_square_avg",
-                                                param_array, arrays, names)
+    cdef void **slots[4]
+    slots[0] = <void **>&work.square_avg
+    slots[1] = <void **>&work.momentum_buffer
+    slots[2] = <void **>&work.grad_avg
+    slots[3] = <void **>&work.max_square_avg
+    cdef tuple values = (square_avg, momentum_buffer, grad_avg, max_square_avg)
+    _collect_states(values, STATE_KEYS, _given(values), param_array, "param", False, slots,
+                    arrays, names)
     _check_disjoint(arrays, names)
     cdef int dtype = _dtype_code(param_array)
 
@@ -303,7 +303,6 @@ cdef int _rows_step(object param, object indices, object grad_rows, object squar
         work.hyper = &hyper
         work.param = <char *>cnp.PyArray_DATA(param_array)
         work.grad = <const char *>cnp.PyArray_DATA(grad_array)
-        work.square_avg = <char *>cnp.PyArray_DATA(square_avg_array)
         work.width = width
         work.row_bytes = row_bytes
         work.dtype = dtype
