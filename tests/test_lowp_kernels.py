@@ -357,6 +357,18 @@ def test_bad_low_precision_buffers_are_refused_naming_them(buffers, error, name)
     assert [b.tobytes() for b in buffers.values()] == before
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=family_id)
+def test_a_missing_square_avg_is_refused(family):
+    # square_avg is required on every path; a low-precision step once ran without one
+    buffers = buffers_of(*family)
+    del buffers["square_avg"]
+    before = [b.tobytes() for b in buffers.values()]
+    with pytest.raises(TypeError, match="square_avg"):
+        rmsprop_c.rmsprop_step(square_avg=None, **buffers, lr=0.01, alpha=0.9, eps=1e-8,
+                               momentum=0.9)
+    assert [b.tobytes() for b in buffers.values()] == before
+
+
 @pytest.mark.parametrize("key, value, error", [
     ("rounding", "up", ValueError), ("rounding", 1, TypeError), ("seed", -1, ValueError),
     ("seed", 1 << 64, ValueError), ("seed", 1.5, TypeError), ("tensor_index", -1, ValueError),
