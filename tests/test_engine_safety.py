@@ -109,6 +109,20 @@ def test_a_group_index_out_of_range_is_refused_at_construction():
         _kernels.MultiTensorStep([param], [100000], [{"square_avg": np.zeros(10)}], 1)
 
 
+@pytest.mark.parametrize("state, error, match", [
+    ({"square_avg": None}, TypeError, r"state\[0\]\['square_avg'\]"),
+    ({"square_avg": np.zeros(10), "momentum_buffer": None}, TypeError,
+     r"state\[0\]\['momentum_buffer'\]"),
+    ({"momentum_buffer": np.zeros(10)}, ValueError, r"state\[0\] lacks 'square_avg'"),
+    ({"square_avg": np.zeros(10), "velocity": np.zeros(10)}, ValueError,
+     r"unknown state buffer state\[0\]\['velocity'\]"),
+])
+def test_bad_state_entries_are_refused_at_construction_naming_them(state, error, match):
+    # an entry given as None is a mistake, not an absent buffer
+    with pytest.raises(error, match=match):
+        _kernels.MultiTensorStep([np.zeros(10)], [0], [state], 1)
+
+
 def test_validate_from_another_thread_does_not_rebind_a_running_step():
     rng = np.random.default_rng(1)
     params = [rng.standard_normal(BIG)]
